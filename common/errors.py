@@ -1,0 +1,28 @@
+"""Error types shared by the suite: each says what was expected and where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated, corrupt or of the wrong shape.
+
+    The message always names the file and what was expected of it.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A required file is absent; the message says which file to put where (and where it comes from)."""
+
+    def __init__(self, path: str | Path, how_to_get: str = "") -> None:
+        hint = f" {how_to_get}" if how_to_get else ""
+        super().__init__(path, f"file not found.{hint}")
+
+
+class DownloadError(DataError):
+    """A download failed or its checksum did not match."""

@@ -1,0 +1,1 @@
+"""Placeholder package; the paper is reproduced under its own issue."""
