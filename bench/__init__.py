@@ -1,0 +1,1 @@
+"""Benchmarks measured side by side against reference implementations in one process (``make bench``)."""

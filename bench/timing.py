@@ -1,0 +1,51 @@
+"""Timing helpers and the result row every benchmark returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One comparison: our time against the reference's, and how far apart the results are."""
+
+    benchmark: str
+    ours_s: float
+    reference: str
+    reference_s: float
+    max_abs_diff: float | None = None
+    note: str = ""
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster ours is than the reference (> 1 means faster)."""
+        return self.reference_s / self.ours_s
+
+
+def best_time(function: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Smallest wall time in seconds of ``repeat`` calls of ``function`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def markdown_table(rows: list[BenchRow]) -> str:
+    """Render rows as a markdown table (times in ms, speed-up as ×)."""
+    lines = [
+        "| benchmark | ours (ms) | reference | reference (ms) | speed-up | max abs diff | note |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        diff = "" if row.max_abs_diff is None else f"{row.max_abs_diff:.1e}"
+        lines.append(
+            f"| {row.benchmark} | {row.ours_s * 1e3:.1f} | {row.reference} | {row.reference_s * 1e3:.1f} "
+            f"| {row.speedup:.1f}× | {diff} | {row.note} |"
+        )
+    return "\n".join(lines)
