@@ -1,0 +1,74 @@
+"""Cut InvGlow's 1,562,560-image random subset out of the 80M Tiny Images binary.
+
+Usage (from the repository root): ``python invglow/create_tiny.py [--exclude-cifar] [--help]``.
+The selection, output format and resuming are documented in :mod:`common.tiny_builder`; an interrupted run
+resumes where it stopped when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import folder_locations
+from common.datasets.tiny_images import BINARY_NAME, SUBSET_NAME, TINY_IMAGES_COUNT
+from common.errors import DataError
+from common.tiny_builder import CIFAR_INDEX_FILES, EXCLUDE_CIFAR_NAME, N_CHUNKS, build_tiny_subset
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; paths default to ``folder_locations.tiny_images_root()``."""
+    root = folder_locations.tiny_images_root()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--binary", type=Path, default=root / BINARY_NAME, help="Tiny Images binary (%(default)s)")
+    parser.add_argument("--out-dir", type=Path, default=root, help="folder receiving the subset (%(default)s)")
+    parser.add_argument(
+        "--exclude-cifar",
+        action="store_true",
+        help=f"skip chunks holding CIFAR-10/100 images, listed in {' and '.join(CIFAR_INDEX_FILES)} next to the "
+        "binary (the paper did not)",
+    )
+    parser.add_argument(
+        "--exclude-file",
+        type=Path,
+        action="append",
+        default=[],
+        help="index file (1-based, one per line, 0 = none) whose images' chunks are skipped; repeatable",
+    )
+    parser.add_argument("--name", help=f"subset name (default {SUBSET_NAME}, or {EXCLUDE_CIFAR_NAME} with exclusion)")
+    parser.add_argument("--n-chunks", type=int, default=N_CHUNKS, help="chunks of 64 images to keep (%(default)s)")
+    parser.add_argument(
+        "--expected-images",
+        type=int,
+        default=TINY_IMAGES_COUNT,
+        help="images the binary must hold, since the selection depends on it; 0 accepts any (%(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the subset described by the command line ``argv``."""
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    exclude_files = list(arguments.exclude_file)
+    if arguments.exclude_cifar:
+        exclude_files += [arguments.binary.parent / file_name for file_name in CIFAR_INDEX_FILES]
+    try:
+        images = build_tiny_subset(
+            arguments.binary,
+            arguments.out_dir,
+            name=arguments.name or (EXCLUDE_CIFAR_NAME if exclude_files else SUBSET_NAME),
+            n_chunks=arguments.n_chunks,
+            exclude_files=exclude_files,
+            expected_images=arguments.expected_images or None,
+            progress=not arguments.no_progress,
+        )
+    except DataError as error:
+        raise SystemExit(f"create_tiny.py: {error}") from error
+    print(f"Tiny Images subset: {images}")
+
+
+if __name__ == "__main__":
+    main()
