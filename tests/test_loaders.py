@@ -1,0 +1,180 @@
+"""TensorBatchLoader and PairedLoader: coverage, order, sharding, alignment, memory maps and Ignite runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from common.loaders import PairedLoader, TensorBatchLoader, sync_epoch
+from common.transforms import to_float
+
+
+def indexed_set(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 2, 3, 3) whose pixels spell out their own index (low byte, high byte); labels = index."""
+    index = torch.arange(count)
+    images = torch.stack([index % 256, index // 256], dim=1).to(torch.uint8)[:, :, None, None].expand(-1, -1, 3, 3)
+    return images.contiguous(), index
+
+
+def decode(images: torch.Tensor) -> torch.Tensor:
+    """The index each image spells out."""
+    return images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()
+
+
+def epoch_labels(loader: TensorBatchLoader | list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Labels of one pass over ``loader``, checking that every image matches its label."""
+    labels = []
+    for images, batch_labels in loader:
+        assert torch.equal(decode(images), batch_labels)
+        labels.append(batch_labels)
+    return torch.cat(labels)
+
+
+def test_every_sample_once_per_epoch_with_a_new_order_each_epoch() -> None:
+    images, labels = indexed_set(300)
+    loader = TensorBatchLoader(images, labels, 32, shuffle=True, seed=4)
+    assert len(loader) == 10  # ceil(300 / 32)
+    first, second = epoch_labels(loader), epoch_labels(loader)
+    assert torch.equal(first.sort().values, torch.arange(300))
+    assert torch.equal(second.sort().values, torch.arange(300))
+    assert not torch.equal(first, second)
+    batches = [batch_labels for _, batch_labels in loader]
+    assert [len(batch_labels) for batch_labels in batches] == [32] * 9 + [12]
+    assert all(torch.equal(batch_labels, batch_labels.sort().values) for batch_labels in batches)  # sorted gather
+
+
+def test_order_is_a_function_of_seed_and_epoch() -> None:
+    images, labels = indexed_set(200)
+    one = TensorBatchLoader(images, labels, 16, shuffle=True, seed=7)
+    two = TensorBatchLoader(images, labels, 16, shuffle=True, seed=7)
+    other_seed = TensorBatchLoader(images, labels, 16, shuffle=True, seed=8)
+    one.set_epoch(3)
+    two.set_epoch(3)
+    other_seed.set_epoch(3)
+    order = epoch_labels(one)
+    assert torch.equal(order, epoch_labels(two))
+    assert not torch.equal(order, epoch_labels(other_seed))
+    assert one.epoch == 4
+
+
+def test_without_shuffle_samples_come_in_index_order() -> None:
+    images, labels = indexed_set(50)
+    loader = TensorBatchLoader(images, labels, 8)
+    assert torch.equal(epoch_labels(loader), torch.arange(50))
+    assert torch.equal(epoch_labels(loader), torch.arange(50))
+
+
+def test_two_ranks_get_disjoint_shards_that_cover_the_set() -> None:
+    images, labels = indexed_set(256)
+    ranks = [TensorBatchLoader(images, labels, 32, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    shards = [epoch_labels(loader) for loader in ranks]
+    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
+    assert torch.equal(torch.cat(shards).sort().values, torch.arange(256))
+
+
+def test_uneven_shards_wrap_around_or_drop_to_equal_batch_counts() -> None:
+    images, labels = indexed_set(101)
+    padded = [TensorBatchLoader(images, labels, 10, shuffle=True, rank=r, world_size=2) for r in (0, 1)]
+    assert len(padded[0]) == len(padded[1]) == 6  # 51 samples per rank
+    shards = torch.cat([epoch_labels(loader) for loader in padded])
+    assert len(shards) == 102 and set(shards.tolist()) == set(range(101))
+    dropped = [
+        TensorBatchLoader(images, labels, 10, drop_last=True, shuffle=True, rank=r, world_size=2) for r in (0, 1)
+    ]
+    assert len(dropped[0]) == len(dropped[1]) == 5  # 50 samples per rank, full batches only
+    shards = [epoch_labels(loader) for loader in dropped]
+    assert all(len(shard) == 50 for shard in shards)
+    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
+
+
+def test_drop_last_keeps_only_full_batches() -> None:
+    images, labels = indexed_set(103)
+    loader = TensorBatchLoader(images, labels, 10, shuffle=True, drop_last=True)
+    assert len(loader) == 10
+    sizes = [len(batch_labels) for _, batch_labels in loader]
+    assert sizes == [10] * 10
+    with pytest.raises(ValueError, match="no batch"):
+        TensorBatchLoader(images, labels, 200, drop_last=True)
+
+
+def test_transform_runs_on_the_images_only() -> None:
+    images, labels = indexed_set(20)
+    loader = TensorBatchLoader(images, labels, 8, transform=to_float)
+    batch_images, batch_labels = next(iter(loader))
+    assert batch_images.dtype == torch.float32
+    assert torch.allclose(batch_images, images[:8].float() / 255)
+    assert torch.equal(batch_labels, labels[:8])
+
+
+def test_memory_mapped_npy_gives_the_same_batches(tmp_path: Path) -> None:
+    images, labels = indexed_set(120)
+    np.save(tmp_path / "images.npy", images.numpy())
+    mapped = torch.from_numpy(np.load(tmp_path / "images.npy", mmap_mode="c"))
+    in_memory = TensorBatchLoader(images, labels, 25, shuffle=True, seed=2)
+    from_disk = TensorBatchLoader(mapped, labels, 25, shuffle=True, seed=2)
+    for (ours, our_labels), (theirs, their_labels) in zip(in_memory, from_disk, strict=True):
+        assert torch.equal(ours, theirs) and torch.equal(our_labels, their_labels)
+
+
+def test_rejects_misaligned_labels() -> None:
+    images, labels = indexed_set(10)
+    with pytest.raises(ValueError, match=r"labels: expected shape \(10,\)"):
+        TensorBatchLoader(images, labels[:9], 4)
+
+
+def record_epochs(engine: Engine) -> dict[int, list[torch.Tensor]]:
+    seen: dict[int, list[torch.Tensor]] = {}
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: seen.setdefault(e.state.epoch, []).append(e.state.output)
+    )
+    return seen
+
+
+def check_batch(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    images, labels = batch
+    assert torch.equal(decode(images), labels)
+    return labels
+
+
+def test_ignite_engine_runs_two_epochs_and_resumes_the_same_order() -> None:
+    images, labels = indexed_set(90)
+    loader = TensorBatchLoader(images, labels, 16, shuffle=True, seed=3)
+    trainer = Engine(check_batch)
+    sync_epoch(trainer, loader)
+    seen = record_epochs(trainer)
+    trainer.run(loader, max_epochs=2)
+    orders = {epoch: torch.cat(batches) for epoch, batches in seen.items()}
+    assert sorted(orders) == [1, 2]
+    assert all(torch.equal(order.sort().values, torch.arange(90)) for order in orders.values())
+    assert not torch.equal(orders[1], orders[2])
+
+    resumed = Engine(check_batch)
+    resumed.load_state_dict({"epoch": 1, "max_epochs": 2, "epoch_length": len(loader)})
+    fresh = TensorBatchLoader(images, labels, 16, shuffle=True, seed=3)
+    sync_epoch(resumed, fresh)
+    seen_after_resume = record_epochs(resumed)
+    resumed.run(fresh)
+    assert torch.equal(torch.cat(seen_after_resume[2]), orders[2])
+
+
+def test_paired_loader_cycles_the_outliers_through_new_permutations() -> None:
+    images, labels = indexed_set(64)
+    outlier_images, outlier_labels = indexed_set(10)
+    in_distribution = TensorBatchLoader(images, labels, 8, shuffle=True)
+    outliers = TensorBatchLoader(outlier_images, outlier_labels, 4, shuffle=True, drop_last=True, seed=9)
+    paired = PairedLoader(in_distribution, outliers)
+    assert len(paired) == 8
+    pairs = list(paired) + list(paired)
+    assert len(pairs) == 16
+    assert torch.equal(torch.cat([epoch_labels([batch]) for batch, _ in pairs[:8]]).sort().values, torch.arange(64))
+    outlier_order = torch.cat([epoch_labels([outlier_batch]) for _, outlier_batch in pairs])
+    assert len(outlier_order) == 16 * 4
+    rounds = outlier_order.reshape(8, 8)  # 2 batches of 4 per outlier epoch, so 8 samples per round
+    assert all(len(set(round_.tolist())) == 8 for round_ in rounds)
+    assert len({tuple(round_.tolist()) for round_ in rounds}) > 1
+    assert outliers.epoch == 8
