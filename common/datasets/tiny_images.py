@@ -63,7 +63,7 @@ def binary_image_count(path: Path, expected_count: int | None = TINY_IMAGES_COUN
         DataError: its size is not a whole number of images, is zero, or differs from ``expected_count``.
     """
     if not path.is_file():
-        raise MissingDataError(path, how_to_get("tiny-images"))
+        raise MissingDataError(path, how_to_get("tiny-images", path.parent))
     size = path.stat().st_size
     expected = "" if expected_count is None else f"; expected {expected_count * IMAGE_BYTES:,} bytes"
     if size % IMAGE_BYTES or size == 0:
@@ -106,7 +106,7 @@ def read_tiny_subset(folder: Path, split: str, name: str = SUBSET_NAME) -> Image
     """
     files = subset_files(folder, name)
     if not files.manifest.is_file():
-        raise MissingDataError(files.manifest, how_to_get("tiny-images-subset"))
+        raise MissingDataError(files.manifest, how_to_get("tiny-images-subset", folder))
     images = _load_images_npy(files.images, IMAGE_SHAPE, "tiny-images-subset")
     count = json.loads(files.manifest.read_text())["count"]
     if len(images) != count:
@@ -128,7 +128,7 @@ def read_tiny_300k(folder: Path, split: str) -> ImageSet:
 def _load_images_npy(path: Path, image_shape: tuple[int, int, int], dataset: str) -> np.ndarray:
     """Memory-map (copy-on-write) the .npy file ``path`` of ``dataset``, checking it is uint8 (N, *image_shape)."""
     if not path.is_file():
-        raise MissingDataError(path, how_to_get(dataset))
+        raise MissingDataError(path, how_to_get(dataset, path.parent))
     try:
         array = np.load(path, mmap_mode="c")
     except (ValueError, OSError) as error:
