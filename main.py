@@ -143,6 +143,26 @@ def report(runs: Path | None = None, paper: str | None = None) -> str:
     return render_markdown(rows_of(records))
 
 
+def download(names: Sequence[str], root: Path | None = None) -> int:
+    """Fetch each dataset in ``names``; print where it is, or the one-line reason it could not be fetched."""
+    from common.datasets import DATASETS
+    from common.datasets.sources import fetch
+    from common.errors import DataError
+
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        print(f"unknown dataset(s) {', '.join(unknown)}; `python main.py list` shows the datasets", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        try:
+            print(f"{name}: {fetch(name, root)}")
+        except DataError as error:
+            print(f"{name}: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python main.py``; returns the process exit code."""
     parser = build_parser()
@@ -153,10 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif command == "report":
         print(report(args.runs, args.paper))
     elif command == "download":
-        from common.datasets.sources import fetch
-
-        for name in args.datasets:
-            print(f"{name}: {fetch(name, args.root)}")
+        return download(args.datasets, args.root)
     elif command == "all":
         papers = discover_papers()
         if not papers:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Protocol
 
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -87,6 +85,8 @@ class TensorBatchLoader:
         self.device = torch.device(device)
         self.seed = seed
         self.epoch = 0
+        self._skip = 0
+        self._cached_indices: tuple[int, torch.Tensor] | None = None
         rounding = math.floor if drop_last else math.ceil
         self.samples_per_rank = rounding(len(images) / self.world_size)
         self.num_batches = rounding(self.samples_per_rank / batch_size)
@@ -104,6 +104,19 @@ class TensorBatchLoader:
         """Use the permutation of ``epoch`` at the next ``iter()``."""
         self.epoch = epoch
 
+    def skip_batches(self, count: int) -> None:
+        """Leave out the first ``count`` batches at the next ``iter()`` (resuming part-way through an epoch)."""
+        if not 0 <= count <= self.num_batches:
+            raise ValueError(f"count: expected 0 <= count <= {self.num_batches} batches, got {count}")
+        self._skip = count
+
+    def batch_at(self, epoch: int, position: int) -> Batch:
+        """Batch number ``position`` of ``epoch``, exactly as iterating that epoch would deliver it."""
+        if self._cached_indices is None or self._cached_indices[0] != epoch:
+            self._cached_indices = (epoch, self.indices(epoch))
+        start = position * self.batch_size
+        return self.gather(self._cached_indices[1][start : start + self.batch_size].sort().values)
+
     def indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for ``epoch``, in visiting order (before the per-batch sort)."""
         count = len(self.images)
@@ -117,13 +130,9 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches of the current epoch; the epoch then advances by one."""
-        indices = self.indices(self.epoch)
-        self.epoch += 1
-        return self._batches(indices)
-
-    def _batches(self, indices: torch.Tensor) -> Iterator[Batch]:
-        for start in range(0, self.num_batches * self.batch_size, self.batch_size):
-            yield self.gather(indices[start : start + self.batch_size].sort().values)
+        epoch, skip = self.epoch, self._skip
+        self.epoch, self._skip = epoch + 1, 0
+        return (self.batch_at(epoch, position) for position in range(skip, self.num_batches))
 
     def gather(self, indices: torch.Tensor) -> Batch:
         """The batch of samples ``indices`` ((k,) int64) on ``device``, images transformed."""
@@ -140,10 +149,11 @@ class TensorBatchLoader:
 
 
 class PairedLoader:
-    """Pair every in-distribution batch with the next outlier batch, cycling the outlier loader.
+    """Pair every in-distribution batch with an outlier batch, cycling through the outlier loader's epochs.
 
-    An epoch is one pass over ``in_distribution``. The outlier loader keeps its place across epochs and starts
-    its next epoch (a new permutation) whenever it runs out, so every outlier is used before any repeats.
+    In-distribution step ``g`` (counted over all epochs) gets outlier batch ``g`` of the endless sequence of
+    outlier epochs, so every outlier is used before any repeats, and the pairing depends only on the position:
+    a run resumed part-way (``set_epoch`` + ``skip_batches``) sees exactly the pairs an uninterrupted run sees.
 
     Args:
         in_distribution: loader of the in-distribution batches.
@@ -153,45 +163,21 @@ class PairedLoader:
     def __init__(self, in_distribution: TensorBatchLoader, outliers: TensorBatchLoader) -> None:
         self.in_distribution = in_distribution
         self.outliers = outliers
-        self._outlier_batches: Iterator[Batch] = iter(())
 
     def __len__(self) -> int:
         """Number of pairs per epoch: the in-distribution loader's length."""
         return len(self.in_distribution)
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the in-distribution loader's epoch (the outlier loader advances on its own)."""
+        """Use the in-distribution permutation of ``epoch`` (and the outlier batches after it) next."""
         self.in_distribution.set_epoch(epoch)
+
+    def skip_batches(self, count: int) -> None:
+        """Leave out the first ``count`` pairs at the next ``iter()``."""
+        self.in_distribution.skip_batches(count)
 
     def __iter__(self) -> Iterator[tuple[Batch, Batch]]:
         """``((images, labels), (outlier_images, outlier_labels))`` for every in-distribution batch."""
-        return self._pairs(iter(self.in_distribution))
-
-    def _pairs(self, batches: Iterator[Batch]) -> Iterator[tuple[Batch, Batch]]:
-        for batch in batches:
-            yield batch, self._next_outlier_batch()
-
-    def _next_outlier_batch(self) -> Batch:
-        batch = next(self._outlier_batches, None)
-        if batch is None:
-            self._outlier_batches = iter(self.outliers)
-            batch = next(self._outlier_batches)
-        return batch
-
-
-class SupportsSetEpoch(Protocol):
-    """Anything whose order depends on an epoch number set before iterating."""
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-def sync_epoch(engine: Engine, loader: SupportsSetEpoch) -> None:
-    """Set ``loader``'s epoch from ``engine`` at every epoch start, so a resumed run replays the same orders.
-
-    Ignite's ``setup_common_training_handlers(train_sampler=...)`` does this only for a ``DistributedSampler``.
-
-    Args:
-        engine: the engine whose ``run`` iterates ``loader``.
-        loader: a :class:`TensorBatchLoader` or :class:`PairedLoader`.
-    """
-    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: loader.set_epoch(e.state.epoch - 1))
+        first_step = self.in_distribution.epoch * len(self.in_distribution) + self.in_distribution._skip
+        for step, batch in enumerate(self.in_distribution, start=first_step):
+            yield batch, self.outliers.batch_at(*divmod(step, len(self.outliers)))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from common.loaders import PairedLoader, TensorBatchLoader, sync_epoch
+from common.loaders import PairedLoader, TensorBatchLoader
+from common.run import make_reproducible
 from common.transforms import to_float
 
 
@@ -141,11 +142,11 @@ def check_batch(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> tor
     return labels
 
 
-def test_ignite_engine_runs_two_epochs_and_resumes_the_same_order() -> None:
+def test_ignite_engine_runs_two_epochs_and_resumes_mid_epoch_in_the_same_order() -> None:
     images, labels = indexed_set(90)
     loader = TensorBatchLoader(images, labels, 16, shuffle=True, seed=3)
     trainer = Engine(check_batch)
-    sync_epoch(trainer, loader)
+    make_reproducible(trainer, seed=0)
     seen = record_epochs(trainer)
     trainer.run(loader, max_epochs=2)
     orders = {epoch: torch.cat(batches) for epoch, batches in seen.items()}
@@ -154,12 +155,31 @@ def test_ignite_engine_runs_two_epochs_and_resumes_the_same_order() -> None:
     assert not torch.equal(orders[1], orders[2])
 
     resumed = Engine(check_batch)
-    resumed.load_state_dict({"epoch": 1, "max_epochs": 2, "epoch_length": len(loader)})
-    fresh = TensorBatchLoader(images, labels, 16, shuffle=True, seed=3)
-    sync_epoch(resumed, fresh)
+    resumed.load_state_dict({"iteration": len(loader) + 2, "max_epochs": 2, "epoch_length": len(loader)})
+    make_reproducible(resumed, seed=0)
     seen_after_resume = record_epochs(resumed)
-    resumed.run(fresh)
-    assert torch.equal(torch.cat(seen_after_resume[2]), orders[2])
+    resumed.run(TensorBatchLoader(images, labels, 16, shuffle=True, seed=3))
+    assert torch.equal(torch.cat(seen_after_resume[2]), orders[2][2 * 16 :])
+
+
+def test_paired_loader_resumed_mid_epoch_gives_the_same_pairs() -> None:
+    def make() -> PairedLoader:
+        return PairedLoader(
+            TensorBatchLoader(*indexed_set(40), 8, shuffle=True, seed=1),
+            TensorBatchLoader(*indexed_set(12), 5, shuffle=True, drop_last=True, seed=2),
+        )
+
+    paired = make()
+    uninterrupted = [(batch[1], outliers[1]) for _ in range(3) for batch, outliers in paired]
+    resumed = make()
+    resumed.set_epoch(1)
+    resumed.skip_batches(3)
+    after = [(batch[1], outliers[1]) for batch, outliers in resumed] + [
+        (batch[1], outliers[1]) for batch, outliers in resumed
+    ]
+    expected = uninterrupted[len(paired) + 3 :]
+    assert len(after) == len(expected)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(after, expected, strict=True))
 
 
 def test_paired_loader_cycles_the_outliers_through_new_permutations() -> None:
@@ -177,4 +197,3 @@ def test_paired_loader_cycles_the_outliers_through_new_permutations() -> None:
     rounds = outlier_order.reshape(8, 8)  # 2 batches of 4 per outlier epoch, so 8 samples per round
     assert all(len(set(round_.tolist())) == 8 for round_ in rounds)
     assert len({tuple(round_.tolist()) for round_ in rounds}) > 1
-    assert outliers.epoch == 8

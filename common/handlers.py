@@ -1,0 +1,385 @@
+"""Ignite handlers shared by the papers: progress bars, tensorboard, checkpoints that resume exactly, a NaN guard.
+
+``setup_handlers`` wires a training run in one call (what ``setup_common_training_handlers`` and
+``setup_tb_logging`` do in Ignite's examples); each piece also works alone.
+
+Checkpoints hold everything a run needs to continue exactly where it stopped, even part-way through an epoch
+(``common.run.make_reproducible`` explains how); they are written atomically and load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import ignite.distributed as idist
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from ignite.handlers import (
+    Checkpoint,
+    DiskSaver,
+    ParamScheduler,
+    ProgressBar,
+    TensorboardLogger,
+    global_step_from_engine,
+)
+from ignite.handlers.tensorboard_logger import WeightsHistHandler
+from tensorboardX.proto.summary_pb2 import Summary
+from torch import nn
+
+from common.errors import DataError, MissingDataError
+from common.run import make_reproducible
+
+PROGRESS_ENV = "OOD_REPRO_PROGRESS"  # "0" turns progress bars off
+SKIPPED_STEPS = "skipped_steps"  # trainer.state counter written by finite_step
+CHECKPOINT_DIR = "checkpoints"
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)\.pt")
+_PNG_CHANNELS = {1: None, 3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}  # OpenCV writes BGR(A)
+
+
+def attach_progress(
+    engine: Engine,
+    *,
+    metric_names: str | list[str] | None = None,
+    output_transform: Callable[[Any], Any] | None = None,
+    desc: str | None = None,
+    disable: bool | None = None,
+    **tqdm_kwargs: Any,
+) -> ProgressBar | None:
+    """Attach Ignite's tqdm ``ProgressBar`` to ``engine`` on rank 0 (returns None on the other ranks).
+
+    Args:
+        engine: trainer or evaluator.
+        metric_names: ``engine.state.metrics`` to show, or ``"all"``.
+        output_transform: maps the engine output to a number or a dict of numbers to show.
+        desc: text before the bar (default: Ignite's "Epoch [e/E]").
+        disable: hide the bar; default: hidden when the environment sets ``OOD_REPRO_PROGRESS=0``.
+        tqdm_kwargs: passed to tqdm, e.g. ``file=``.
+    """
+    if idist.get_rank() != 0:
+        return None
+    if disable is None:
+        disable = os.environ.get(PROGRESS_ENV, "1") == "0"
+    if desc is not None:
+        tqdm_kwargs["desc"] = desc
+    bar = ProgressBar(persist=False, disable=disable, **tqdm_kwargs)
+    bar.attach(engine, metric_names=metric_names, output_transform=output_transform)
+    return bar
+
+
+def output_scalars(output: Any) -> dict[str, float]:
+    """A training step's output as named floats: a mapping as is, a single number as ``{"loss": value}``."""
+    if isinstance(output, Mapping):
+        return {str(name): float(value) for name, value in output.items()}
+    if isinstance(output, (int, float)) or (isinstance(output, torch.Tensor) and output.numel() == 1):
+        return {"loss": float(output)}
+    raise TypeError(f"a training step must return a number or a mapping of numbers, got {type(output).__name__}")
+
+
+def setup_tensorboard(
+    run_dir: Path,
+    trainer: Engine,
+    optimizer: torch.optim.Optimizer | None = None,
+    evaluators: Mapping[str, Engine] | None = None,
+    log_every: int = 10,
+    histogram_model: nn.Module | None = None,
+) -> TensorboardLogger | None:
+    """Log a run to tensorboard (with tensorboardX) in ``run_dir``, on rank 0 (None on the other ranks).
+
+    Written: ``train/<name>`` for the step outputs (see ``output_scalars``) and ``train/skipped_steps`` if the
+    trainer counts them, every ``log_every`` iterations; ``lr/group_<i>`` at the same pace; ``<evaluator>/<metric>``
+    after each evaluation, at the trainer's epoch; weight histograms of ``histogram_model`` every epoch.
+    Close the logger when done.
+    """
+    if idist.get_rank() != 0:
+        return None
+    tb_logger = TensorboardLogger(log_dir=str(run_dir))
+    counted = [SKIPPED_STEPS] if SKIPPED_STEPS in trainer.state_dict_user_keys else None
+    every = Events.ITERATION_COMPLETED(every=log_every)
+    tb_logger.attach_output_handler(
+        trainer, every, tag="train", output_transform=output_scalars, state_attributes=counted
+    )
+    if optimizer is not None:
+        tb_logger.attach_opt_params_handler(trainer, Events.ITERATION_STARTED(every=log_every), optimizer)
+    trainer_epoch = global_step_from_engine(trainer)
+    for name, evaluator in (evaluators or {}).items():
+        tb_logger.attach_output_handler(
+            evaluator, Events.COMPLETED, tag=name, metric_names="all", global_step_transform=trainer_epoch
+        )
+    if histogram_model is not None:
+        tb_logger.attach(trainer, WeightsHistHandler(histogram_model), Events.EPOCH_COMPLETED)
+    return tb_logger
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0) -> torch.Tensor:
+    """Tile images (N, C, H, W) into one (C, rows·(H+p)+p, nrow·(W+p)+p) image, row by row, ``p`` = padding."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, C, H, W) with N > 0, got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    columns = min(nrow, n)
+    rows = math.ceil(n / columns)
+    blank = images.new_full((rows * columns - n, c, h, w), pad_value)
+    tiles = F.pad(torch.cat([images, blank]), (padding, 0, padding, 0), value=pad_value)
+    grid = tiles.reshape(rows, columns, c, h + padding, w + padding).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(c, rows * (h + padding), columns * (w + padding))
+    return F.pad(grid, (0, padding, 0, padding), value=pad_value)
+
+
+def log_images(tb_logger: TensorboardLogger | None, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+    """Log images (N, C, H, W), C = 1 (gray), 3 (RGB) or 4 (RGBA), uint8 or float in [0, 1], as one PNG grid."""
+    if tb_logger is None:
+        return
+    if images.ndim != 4 or images.shape[1] not in _PNG_CHANNELS:
+        raise ValueError(f"images must have shape (N, C, H, W) with C in 1, 3, 4, got {tuple(images.shape)}")
+    if images.dtype != torch.uint8:
+        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    grid = image_grid(images.cpu(), nrow=nrow).permute(1, 2, 0).numpy()
+    channels = grid.shape[2]
+    if _PNG_CHANNELS[channels] is not None:
+        grid = cv2.cvtColor(grid, _PNG_CHANNELS[channels])
+    encoded, png = cv2.imencode(".png", grid)
+    if not encoded:
+        raise RuntimeError(f"OpenCV could not encode the {tag!r} image grid as PNG")
+    image = Summary.Image(
+        height=grid.shape[0], width=grid.shape[1], colorspace=channels, encoded_image_string=png.tobytes()
+    )
+    # tensorboardX's add_image needs Pillow, which the suite does not depend on: write the same Summary it would.
+    tb_logger.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+def log_histogram(tb_logger: TensorboardLogger | None, tag: str, values: torch.Tensor, step: int) -> None:
+    """Log the histogram of ``values`` (any shape), e.g. the anomaly scores of a test set."""
+    if tb_logger is not None:
+        tb_logger.writer.add_histogram(tag, values.detach().cpu().double().numpy(), step)
+
+
+def log_pr_curve(
+    tb_logger: TensorboardLogger | None,
+    tag: str,
+    scores: torch.Tensor,
+    is_anomalous: torch.Tensor,
+    step: int,
+    num_thresholds: int = 127,
+) -> None:
+    """Log the precision-recall curve of anomaly scores (higher = more anomalous; anomalous = positive class).
+
+    Tensorboard takes probabilities, so the scores are min-max scaled to [0, 1]: the ranking, and with it the
+    curve, is unchanged up to tensorboard's ``num_thresholds`` equally spaced thresholds.
+    """
+    if tb_logger is None:
+        return
+    scores = scores.detach().cpu().double().flatten()
+    span = (scores.max() - scores.min()).clamp_min(torch.finfo(torch.float64).tiny)
+    scaled = ((scores - scores.min()) / span).numpy()
+    labels = is_anomalous.detach().cpu().flatten().bool().numpy()
+    tb_logger.writer.add_pr_curve(tag, labels, scaled, step, num_thresholds=num_thresholds)
+
+
+def setup_checkpoint(
+    run_dir: Path,
+    to_save: Mapping[str, Any],
+    trainer: Engine,
+    *,
+    every_epochs: int | None = 1,
+    every_iterations: int | None = None,
+    n_saved: int | None = 2,
+) -> Checkpoint:
+    """Save ``to_save`` to ``run_dir/checkpoints/checkpoint_<iteration>.pt`` (atomic writes, rank 0).
+
+    Args:
+        run_dir: the run's folder; existing checkpoints there are kept (resuming into the same run).
+        to_save: objects with ``state_dict``/``load_state_dict``: the trainer, model, optimizer, scheduler, scaler,
+            ``RandomStates``. The checkpointer adds its own list of files, so a resumed run keeps rotating them.
+        trainer: engine whose iterations and epochs trigger the saves.
+        every_epochs: save at the end of every that many epochs (None: never).
+        every_iterations: also save every that many iterations, so a killed run loses little (None: never).
+        n_saved: how many of the newest files to keep (None: all).
+    """
+    if every_epochs is None and every_iterations is None:
+        raise ValueError("setup_checkpoint needs every_epochs or every_iterations")
+    checkpoint = Checkpoint(
+        dict(to_save),
+        DiskSaver(Path(run_dir) / CHECKPOINT_DIR, atomic=True, require_empty=False),
+        n_saved=n_saved,
+        global_step_transform=lambda engine, _: engine.state.iteration,
+        filename_pattern="checkpoint_{global_step}.{ext}",
+        include_self=True,
+    )
+    events = [Events.EPOCH_COMPLETED(every=every_epochs)] if every_epochs is not None else []
+    if every_iterations is not None:
+        events.append(Events.ITERATION_COMPLETED(every=every_iterations))
+    for event in events:
+        trainer.add_event_handler(event, checkpoint)
+    return checkpoint
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of ``run_dir`` with the highest iteration, or None if it has none."""
+    found = [
+        (int(match.group(1)), path)
+        for path in (Path(run_dir) / CHECKPOINT_DIR).glob("checkpoint_*.pt")
+        if (match := _CHECKPOINT_NAME.fullmatch(path.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def resume_from(checkpoint_path: Path, to_load: Mapping[str, Any]) -> None:
+    """Load a checkpoint into ``to_load`` (same keys as saved) with ``torch.load(weights_only=True)``.
+
+    Raises:
+        MissingDataError: the file does not exist.
+        DataError: torch cannot read it as a weights-only checkpoint.
+    """
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise MissingDataError(path, "Pass a checkpoint_<iteration>.pt from a run's checkpoints/ folder.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # foreign / unsafe, truncated, empty file
+        raise DataError(path, f"not a checkpoint torch can load with weights_only=True ({exc})") from exc
+    Checkpoint.load_objects(to_load=dict(to_load), checkpoint=checkpoint)
+
+
+def count_skipped_steps(engine: Engine) -> None:
+    """Give ``engine.state`` the ``skipped_steps`` counter of ``finite_step``, kept in checkpoints (starts at 0)."""
+    if SKIPPED_STEPS not in engine.state_dict_user_keys:
+        engine.state_dict_user_keys.append(SKIPPED_STEPS)
+    setattr(engine.state, SKIPPED_STEPS, 0)
+
+
+def finite_step(
+    engine: Engine,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+) -> bool:
+    """Take the optimizer step only if the loss and all gradients are finite; otherwise drop it and count it.
+
+    Use it in a process function in place of ``optimizer.step()``, after ``loss.backward()`` (or
+    ``scaler.scale(loss).backward()``; do not call ``scaler.unscale_`` yourself). The check costs one host sync
+    (the largest absolute gradient of every parameter, computed with one foreach kernel). A skipped step zeroes
+    the gradients and adds one to ``engine.state.skipped_steps`` (see ``count_skipped_steps``). With a scaler the
+    float16 overflows that make it lower its scale are counted too. InvGlow's reference code skips such steps
+    (invglow notes, section 3); ``ignite.handlers.TerminateOnNan`` would end the run instead.
+
+    Returns:
+        Whether the optimizer stepped.
+    """
+    if not hasattr(engine.state, SKIPPED_STEPS):
+        raise RuntimeError("finite_step needs the counter: call count_skipped_steps(trainer) when creating it")
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    checks = [torch.isfinite(loss.detach()).all()]
+    if grads:
+        checks.append(torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=math.inf))).all())
+    finite = bool(torch.stack([check.to(checks[0].device) for check in checks]).all())
+    if finite:
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        setattr(engine.state, SKIPPED_STEPS, getattr(engine.state, SKIPPED_STEPS) + 1)
+    if scaler is not None:
+        scaler.update()
+    return finite
+
+
+@dataclass(frozen=True)
+class TrainingHandlers:
+    """What ``setup_handlers`` made: the checkpointer, everything it saves, and the tensorboard logger."""
+
+    checkpoint: Checkpoint
+    to_save: dict[str, Any]
+    tb_logger: TensorboardLogger | None  # None on ranks other than 0; close it at the end of the run
+
+
+def setup_handlers(
+    trainer: Engine,
+    evaluators: Mapping[str, tuple[Engine, Iterable]],
+    run_dir: Path,
+    to_save: Mapping[str, Any],
+    *,
+    seed: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_scheduler: ParamScheduler | None = None,
+    eval_every: int = 1,
+    log_every: int = 10,
+    checkpoint_every_epochs: int | None = 1,
+    checkpoint_every_iterations: int | None = None,
+    n_saved: int | None = 2,
+    histogram_model: nn.Module | None = None,
+    progress: bool | None = None,
+    resume: Path | None = None,
+) -> TrainingHandlers:
+    """Wire a training run: scheduler, reproducible epochs, progress, evaluation, tensorboard, checkpoints, resume.
+
+    Args:
+        trainer: the training engine; its step returns a number or a dict of numbers.
+        evaluators: name → (evaluator, data), run every ``eval_every`` epochs and at the end of the run (unless the
+            last epoch was just evaluated); their metrics are logged as ``<name>/<metric>``.
+        run_dir: the run's folder (``common.run.create_run_dir``).
+        to_save: model(s), optimizer, scaler, ... for the checkpoint; "trainer", "rng" and "lr_scheduler" are
+            added here.
+        seed: the run's seed; every epoch is reseeded from it (``common.run.seed_epoch``).
+        optimizer: its learning rates are logged as ``lr/group_<i>``.
+        lr_scheduler: an Ignite parameter scheduler (wrap torch ones in ``ignite.handlers.LRScheduler``), stepped
+            at ITERATION_STARTED as Ignite prescribes.
+        eval_every, log_every: evaluation period in epochs, tensorboard period in iterations.
+        checkpoint_every_epochs, checkpoint_every_iterations, n_saved: see ``setup_checkpoint``.
+        histogram_model: log the histograms of its weights every epoch.
+        progress: show progress bars (default: unless ``OOD_REPRO_PROGRESS=0``).
+        resume: a checkpoint to continue from; ``trainer.run`` then picks up at its iteration.
+    """
+    added = {"trainer", "rng", "lr_scheduler", "checkpointer"} & set(to_save)
+    if added:
+        raise ValueError(f"to_save must not contain {sorted(added)}: setup_handlers adds these entries")
+    count_skipped_steps(trainer)
+    if lr_scheduler is not None:
+        trainer.add_event_handler(Events.ITERATION_STARTED, lr_scheduler)
+    saved = {"trainer": trainer, **to_save, "rng": make_reproducible(trainer, seed)}
+    if lr_scheduler is not None:
+        saved["lr_scheduler"] = lr_scheduler
+    disable = None if progress is None else not progress
+    attach_progress(trainer, metric_names="all", output_transform=output_scalars, desc="train", disable=disable)
+    for name, (evaluator, _) in evaluators.items():
+        attach_progress(evaluator, desc=name, disable=disable)
+    _attach_evaluation(trainer, evaluators, eval_every)
+    engines = {name: evaluator for name, (evaluator, _) in evaluators.items()}
+    tb_logger = setup_tensorboard(run_dir, trainer, optimizer, engines, log_every, histogram_model)
+    checkpoint = setup_checkpoint(
+        run_dir,
+        saved,
+        trainer,
+        every_epochs=checkpoint_every_epochs,
+        every_iterations=checkpoint_every_iterations,
+        n_saved=n_saved,
+    )
+    if resume is not None:
+        resume_from(resume, {**saved, "checkpointer": checkpoint})
+    return TrainingHandlers(checkpoint, saved, tb_logger)
+
+
+def _attach_evaluation(trainer: Engine, evaluators: Mapping[str, tuple[Engine, Iterable]], every: int) -> None:
+    if not evaluators:
+        return
+
+    def evaluate(_: Engine) -> None:
+        for evaluator, data in evaluators.values():
+            evaluator.run(data)
+
+    def not_just_evaluated(engine: Engine, _: int) -> bool:
+        return engine.state.iteration % (every * engine.state.epoch_length) != 0
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(every=every), evaluate)
+    trainer.add_event_handler(Events.COMPLETED(event_filter=not_just_evaluated), evaluate)

@@ -1,0 +1,387 @@
+"""Setting up one run: seeds, reproducible epochs, the run folder, the recorded config, the device, mixed precision.
+
+Reproducibility, including a resume part-way through an epoch, rests on four pieces:
+
+- ``seed_everything`` seeds python, numpy and torch once per process (seed + rank, the Ignite examples' convention);
+- ``seed_epoch`` reseeds them at every epoch from (seed, rank, epoch) alone, so an epoch's randomness does not
+  depend on what ran before it (evaluations, a restarted process);
+- ``EpochSeededSampler`` orders the data by (seed, epoch) alone, splits it over the ranks and can start part-way;
+- ``make_reproducible`` attaches both to a trainer and returns ``RandomStates``, the checkpoint entry that gives
+  every rank back its generators when a run resumes part-way through an epoch.
+
+Ignite resumes part-way through an epoch by counting that epoch from ``iteration % epoch_length``, but takes the
+batches from a fresh data iterator and leaves the random generators as they are. Its ``DeterministicEngine`` handles
+both, yet stores numpy's generator as an ndarray that ``torch.load(weights_only=True)`` refuses; ``RandomStates``
+stores tensors only. A resumed run ends with the weights of an uninterrupted one (``tests/test_resume.py``) when
+batches are loaded in the main process. With DataLoader workers the batches are still the same, but random
+augmentations done inside the workers after the resume point are not. Handlers that draw random numbers at
+EPOCH_STARTED must be attached after ``make_reproducible`` so they draw from the reseeded generators.
+
+DataLoader workers need no seeding function of ours: torch seeds ``random``, ``numpy`` and ``torch`` in each worker
+from the loader's base seed, which is drawn from the (reseeded) torch generator when the epoch's iterator starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import tempfile
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sized
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ignite
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.base import Serializable
+from ignite.engine import Engine, Events
+from ignite.utils import manual_seed
+from torch.utils.data import DistributedSampler
+
+import folder_locations
+
+CONFIG_FILE = "config.json"
+
+
+def seed_everything(seed: int, *, rank_offset: bool = True) -> None:
+    """Seed ``random``, ``numpy`` and ``torch`` (CPU and CUDA) in this process.
+
+    Args:
+        seed: the run's seed, a non-negative integer.
+        rank_offset: add the process rank to the seed (default), so ranks draw different dropout masks and
+            augmentations; the data order is shared by all ranks through ``EpochSeededSampler`` instead.
+    """
+    _check_seed(seed)
+    manual_seed(seed + idist.get_rank() if rank_offset else seed)
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed every generator of this process for epoch ``epoch`` of the run seeded ``seed``.
+
+    The seed is a function of (seed, rank, epoch) only, mixed by numpy's ``SeedSequence`` so neighbouring
+    epochs and ranks get unrelated streams.
+    """
+    _check_seed(seed)
+    mixed = np.random.SeedSequence([seed, idist.get_rank(), epoch]).generate_state(1)[0]
+    manual_seed(int(mixed))
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+class EpochSeededSampler(DistributedSampler):
+    """Sampler whose order depends only on (seed, epoch), split over the ranks, able to start part-way.
+
+    It is torch's ``DistributedSampler`` (one permutation per epoch from a generator seeded ``seed + epoch``, rank
+    ``r`` of ``R`` taking positions ``r, r + R, ...``) with the world taken from ``ignite.distributed``, so it also
+    works in a single process, and with ``skip_next`` to resume mid-epoch. ``idist.auto_dataloader`` keeps it as is.
+
+    Args:
+        dataset: anything with a length (only its length is used).
+        seed: seed of the permutations; the same on every rank.
+        shuffle: permute (default) or keep the dataset order.
+        drop_last: drop the tail that does not split evenly over the ranks instead of repeating samples.
+    """
+
+    def __init__(self, dataset: Sized, *, seed: int, shuffle: bool = True, drop_last: bool = False) -> None:
+        _check_seed(seed)
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=idist.get_world_size(),
+            rank=idist.get_rank(),
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self._skip = 0
+
+    def skip_next(self, n_samples: int) -> None:
+        """Make the next iteration leave out the first ``n_samples`` indices of this rank (already trained on)."""
+        if not 0 <= n_samples <= self.num_samples:
+            raise ValueError(f"n_samples must be in [0, {self.num_samples}], got {n_samples}")
+        self._skip = n_samples
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self._skip = self._skip, 0
+        return iter(indices[skip:])
+
+
+class RandomStates(Serializable):
+    """Checkpoint entry with the python, numpy, torch and CUDA generator states of every rank, as tensors only.
+
+    ``state_dict`` gathers the states of all ranks (call it on every rank, as ``Checkpoint`` does); after
+    ``load_state_dict`` each rank gets its own row back at the first batch of the resumed run, and only when
+    that run resumes part-way through an epoch (at an epoch start, ``seed_epoch`` has already set them).
+    """
+
+    _state_dict_all_req_keys = ("python", "python_gauss", "numpy", "numpy_pos", "numpy_gauss", "torch")
+
+    def __init__(self) -> None:
+        self._pending: dict[str, torch.Tensor] | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        """Restore loaded states on ``trainer``'s first batch after a resume part-way through an epoch."""
+        trainer.add_event_handler(Events.GET_BATCH_STARTED | Events.ITERATION_STARTED, self._restore_pending)
+
+    def state_dict(self) -> OrderedDict[str, torch.Tensor]:
+        """Every rank's generator states, each tensor stacked over ranks (first dimension = rank)."""
+        return OrderedDict((key, _stack_over_ranks(value)) for key, value in _local_random_states().items())
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Keep this rank's row of ``state_dict`` for the resumed run's first batch."""
+        super().load_state_dict(state_dict)
+        saved_ranks, rank = len(state_dict["torch"]), idist.get_rank()
+        if saved_ranks != idist.get_world_size():
+            warnings.warn(
+                f"resuming a {saved_ranks}-process run in {idist.get_world_size()} processes: the random streams "
+                "do not continue exactly",
+                stacklevel=2,
+            )
+        self._pending = {key: value[rank % saved_ranks] for key, value in state_dict.items()}
+
+    def _restore_pending(self, engine: Engine) -> None:
+        if self._pending is None:
+            return
+        if engine.state.iteration % engine.state.epoch_length:
+            _set_local_random_states(self._pending)
+        self._pending = None
+
+
+def _local_random_states() -> dict[str, torch.Tensor]:
+    version, mersenne, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    states = {
+        "python": torch.tensor([version, *mersenne], dtype=torch.int64),
+        "python_gauss": torch.tensor([math.nan if gauss is None else gauss], dtype=torch.float64),
+        "numpy": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": torch.tensor([numpy_state["state"]["pos"], numpy_state["has_gauss"]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([numpy_state["gauss"]], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return states
+
+
+def _set_local_random_states(states: Mapping[str, torch.Tensor]) -> None:
+    python, gauss = states["python"].tolist(), states["python_gauss"].item()
+    random.setstate((python[0], tuple(python[1:]), None if math.isnan(gauss) else gauss))
+    pos, has_gauss = states["numpy_pos"].tolist()
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": states["numpy"].numpy().astype(np.uint32), "pos": pos},
+            "has_gauss": has_gauss,
+            "gauss": states["numpy_gauss"].item(),
+        }
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(states["cuda"]))
+
+
+def _stack_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    row = tensor.unsqueeze(0)
+    return idist.all_gather(row).cpu() if idist.get_world_size() > 1 else row
+
+
+def make_reproducible(trainer: Engine, seed: int) -> RandomStates:
+    """Reseed every epoch, keep the training data's epoch in step, and return the checkpoint's RNG entry.
+
+    The data passed to ``trainer.run`` is told its epoch (``iteration // len(data)``) each time its iterator
+    starts, through its own ``set_epoch`` or its sampler's (e.g. the ``DistributedSampler`` that
+    ``idist.auto_dataloader`` installs). Resuming part-way through an epoch also needs it to leave out the batches
+    already trained on: a loader with ``skip_batches(n)``, or a DataLoader over an ``EpochSeededSampler``.
+    """
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: seed_epoch(seed, engine.state.epoch))
+    trainer.add_event_handler(Events.STARTED | Events.DATALOADER_STOP_ITERATION, _start_data_epoch)
+    states = RandomStates()
+    states.attach(trainer)
+    return states
+
+
+def _start_data_epoch(engine: Engine) -> None:
+    """Before the data iterator (re)starts: set the data's epoch and skip the part of it already trained on."""
+    data = engine.state.dataloader
+    if not hasattr(data, "__len__"):
+        return
+    epoch, batches_done = divmod(engine.state.iteration, len(data))
+    sampler = getattr(data, "sampler", None)
+    if hasattr(data, "set_epoch"):
+        data.set_epoch(epoch)
+    elif hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if not batches_done:
+        return
+    if hasattr(data, "skip_batches"):
+        data.skip_batches(batches_done)
+    elif isinstance(sampler, EpochSeededSampler):
+        sampler.skip_next(batches_done * data.batch_size)
+    else:
+        warnings.warn(
+            f"resuming part-way through an epoch with {type(data).__name__} data, which cannot skip the "
+            f"{batches_done} batches already trained on; use a DataLoader over common.run.EpochSeededSampler",
+            stacklevel=2,
+        )
+
+
+def create_run_dir(paper: str, experiment: str, output: Path | None = None, run_name: str | None = None) -> Path:
+    """Create ``<output>/<paper>/<experiment>/<run_name>/`` on rank 0 and return it on every rank.
+
+    Args:
+        paper: package name, e.g. ``"mchad"``.
+        experiment: table or figure, e.g. ``"table1"``.
+        output: root of all runs; default ``folder_locations.runs_root()``.
+        run_name: folder of this run; reused if it exists (resuming). Default: a new ``YYYYmmdd-HHMMSS`` folder
+            (``-2``, ``-3``, ... appended if that exists already).
+
+    Raises:
+        ValueError: a name is empty or not a single path component.
+        RuntimeError: rank 0 could not create the folder (on every rank, so none waits forever).
+    """
+    for argument, name in (("paper", paper), ("experiment", experiment), ("run_name", run_name)):
+        if name is not None and (not name or name in {".", ".."} or "/" in name or os.sep in name):
+            raise ValueError(f"{argument} must be a single folder name, got {name!r}")
+    parent = (output if output is not None else folder_locations.runs_root()) / paper / experiment
+    created, error = "", None
+    if idist.get_rank() == 0:
+        try:
+            created = str(_make_run_folder(parent, run_name))
+        except OSError as exc:
+            error = exc
+    if idist.get_world_size() > 1:
+        created = str(idist.broadcast(created, src=0, safe_mode=True))
+    if not created:
+        raise RuntimeError(f"could not create a run folder under {parent}: {error or 'failed on rank 0'}")
+    return Path(created)
+
+
+def _make_run_folder(parent: Path, run_name: str | None) -> Path:
+    if run_name is not None:
+        (parent / run_name).mkdir(parents=True, exist_ok=True)
+        return parent / run_name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        candidate = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        with contextlib.suppress(FileExistsError):
+            candidate.mkdir()
+            return candidate
+    raise FileExistsError(f"{parent / stamp}: 999 runs started in the same second")
+
+
+def save_run_config(run_dir: Path, config: Any) -> Path:
+    """Write ``run_dir/config.json`` (rank 0 only, atomically): the resolved config, library versions, git commit.
+
+    Args:
+        run_dir: the run's folder.
+        config: a dataclass instance or a mapping; values JSON cannot hold (paths, dtypes, ...) are written as text.
+
+    Returns:
+        The path of ``config.json``.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        resolved = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        resolved = dict(config)
+    else:
+        raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
+    path = Path(run_dir) / CONFIG_FILE
+    if idist.get_rank() == 0:
+        record = {
+            "config": resolved,
+            "world_size": idist.get_world_size(),
+            "versions": library_versions(),
+            "git": _git_state(),
+            "saved": datetime.now().isoformat(timespec="seconds"),
+        }
+        _write_atomically(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of python and of the libraries a result depends on (``cuda`` is None on CPU builds of torch)."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "ignite": ignite.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _git_state() -> dict[str, Any] | None:
+    """Commit of the repository and whether the working tree had changes, or None outside a git checkout."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=folder_locations.REPOSITORY, capture_output=True, text=True, check=True, timeout=10
+        )
+        return done.stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device a run asked for.
+
+    Args:
+        name: ``None`` or ``"auto"`` (this process's GPU if there is one, else the CPU), or any torch device name
+            (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Raises:
+        ValueError: the name is not a device, or names a CUDA device this machine does not have.
+    """
+    if name is None or name == "auto":
+        return idist.device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a torch device name ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested, but torch finds no CUDA device; use 'cpu' or 'auto'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def autocast_context(device: torch.device, enabled: bool) -> torch.autocast:
+    """Mixed precision for the forward pass: float16 on CUDA, bfloat16 elsewhere (CPU autocast supports only it).
+
+    The CPU path runs the same code as the GPU one, so tests exercise it; pair it with ``grad_scaler``.
+    """
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler | None:
+    """A loss scaler when ``autocast_context`` computes in float16 (CUDA), else None (bfloat16 needs none)."""
+    return torch.amp.GradScaler(device.type) if enabled and device.type == "cuda" else None

@@ -1,0 +1,83 @@
+"""The command line: list, report, running a registered paper and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import main
+from common import papers
+from common.papers import Experiment, Paper, RunOptions
+from common.results import ResultRow
+
+
+@pytest.fixture()
+def no_papers(monkeypatch):
+    monkeypatch.setattr(papers, "PAPERS", {})
+    monkeypatch.setattr(papers, "PAPER_PACKAGES", ())
+
+
+@pytest.fixture()
+def toy_paper(no_papers):
+    calls = []
+
+    def table1(options: RunOptions, run_dir):
+        calls.append((options, run_dir))
+        (run_dir / "marker.txt").write_text("written by the experiment")
+        return [ResultRow("toy", "Table 1", "method", "AUROC", 91.0, paper_value=90.0, scale=options.scale)]
+
+    papers.register_paper(Paper("toy", "Toy et al. 2024", (Experiment("table1", table1, "the toy table"),)))
+    return calls
+
+
+def test_list_and_report_say_when_nothing_is_registered(no_papers, tmp_path, capsys):
+    assert main.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "no paper registered yet" in out
+    assert "cifar10 [train, test]" in out
+    assert main.main(["report", "--runs", str(tmp_path)]) == 0
+    assert "No paper is registered yet" in capsys.readouterr().out
+    assert main.main([]) == 0
+    assert "nothing to run" in capsys.readouterr().out
+
+
+def test_running_a_paper_writes_results_and_prints_the_table(toy_paper, tmp_path, capsys):
+    assert main.main(["toy", "table1", "--output", str(tmp_path), "--epochs", "2", "--seeds", "0", "1"]) == 0
+    (options, run_dir), = toy_paper
+    assert options.epochs == 2 and options.seeds == (0, 1) and options.scale == "demo"
+    assert run_dir.parent == tmp_path / "toy" / "table1"
+    assert (run_dir / "marker.txt").exists()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["rows"][0]["ours"] == 91.0
+    assert "| method | AUROC | 90.00 | 91.00 | – | 1.00 |" in capsys.readouterr().out
+    assert main.main(["report", "--runs", str(tmp_path)]) == 0
+    assert "| method | AUROC | 90.00 | 91.00 |" in capsys.readouterr().out
+
+
+def test_default_command_runs_every_paper(toy_paper, tmp_path, monkeypatch):
+    monkeypatch.setenv("OOD_REPRO_RUNS", str(tmp_path))
+    assert main.main([]) == 0
+    assert len(toy_paper) == 1
+    assert list(tmp_path.glob("toy/table1/*/results.json"))
+
+
+def test_unknown_names_give_clear_errors(toy_paper, capsys):
+    with pytest.raises(KeyError, match="no experiment 'table9'; experiments: table1"):
+        main.run_paper("toy", ["table9"])
+    with pytest.raises(KeyError, match="unknown paper 'nope'; registered papers: toy"):
+        main.run_paper("nope")
+    with pytest.raises(SystemExit):
+        main.main(["toy", "--scale", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        RunOptions(epochs=0)
+
+
+def test_download_reports_manual_datasets_and_unknown_names(no_papers, tmp_path, capsys):
+    assert main.main(["download", "mvtec", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "mvtec" in err and str(tmp_path / "mvtec") in err
+    assert main.main(["download", "imagenet-42"]) == 2
+    assert "unknown dataset(s) imagenet-42" in capsys.readouterr().err
+    assert main.main(["download", "digits", "--root", str(tmp_path)]) == 0
