@@ -37,13 +37,28 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
             raise ValueError(
                 f"{name}/{experiment.name} has no {options.scale!r} scale; scales: {', '.join(experiment.scales)}"
             )
-        run_dir = create_run_dir(name, experiment.name, options.output)
+        run_dir = (
+            resumed_run_dir(options.resume) if options.resume else create_run_dir(name, experiment.name, options.output)
+        )
         experiment_rows = experiment.function(options, run_dir)
         write_results(run_dir, RunRecord(name, experiment.name, experiment_rows, config=asdict(options)))
         print(render_markdown(experiment_rows), flush=True)
         print(f"\n(results, tensorboard logs and checkpoints in {run_dir})\n", flush=True)
         rows.extend(experiment_rows)
     return rows
+
+
+def resumed_run_dir(resume: Path) -> Path:
+    """The run folder that ``--resume`` names: the folder itself, or the run holding the given checkpoint file.
+
+    Experiments resume each of their trainings from the newest checkpoint under that folder.
+    """
+    resume = resume.expanduser()
+    if resume.is_dir():
+        return resume
+    if resume.is_file():
+        return resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
+    raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint file")
 
 
 def invglow(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]:

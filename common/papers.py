@@ -30,7 +30,8 @@ class RunOptions:
     """Command-line options every experiment understands.
 
     ``epochs=None`` keeps the experiment's own setting for the scale; ``seeds=None`` its default seed list;
-    ``resume`` is a checkpoint file or a run folder whose latest checkpoint is loaded.
+    ``resume`` is the run folder to continue (``main.py`` also accepts a checkpoint file inside it): the
+    experiment writes into that folder and resumes each of its trainings from the newest checkpoint under it.
     """
 
     scale: str = "demo"

@@ -81,3 +81,15 @@ def test_download_reports_manual_datasets_and_unknown_names(no_papers, tmp_path,
     assert main.main(["download", "imagenet-42"]) == 2
     assert "unknown dataset(s) imagenet-42" in capsys.readouterr().err
     assert main.main(["download", "digits", "--root", str(tmp_path)]) == 0
+
+
+def test_resume_continues_in_the_named_run_folder(toy_paper, tmp_path):
+    run = tmp_path / "toy" / "table1" / "old-run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint_10.pt").write_bytes(b"")
+    for resume in (run, run / "checkpoints" / "checkpoint_10.pt"):
+        assert main.main(["toy", "--resume", str(resume)]) == 0
+        assert toy_paper[-1][1] == run
+    assert (run / "results.json").exists()
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        main.main(["toy", "--resume", str(tmp_path / "missing")])
