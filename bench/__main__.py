@@ -9,7 +9,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from bench.timing import markdown_table
+from bench.timing import ReferenceUnavailable, markdown_table
 
 
 def main(names: list[str]) -> None:
@@ -17,10 +17,14 @@ def main(names: list[str]) -> None:
     unknown = sorted(set(names) - set(available))
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
-    rows = []
+    rows, skipped = [], []
     for name in names or available:
-        rows.extend(importlib.import_module(f"bench.bench_{name}").run())
+        try:
+            rows.extend(importlib.import_module(f"bench.bench_{name}").run())
+        except ReferenceUnavailable as reason:
+            skipped.append(f"- {name}: skipped, {reason}")
     print(markdown_table(rows))
+    print("\n".join(skipped))
 
 
 if __name__ == "__main__":

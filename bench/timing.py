@@ -7,6 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
+class ReferenceUnavailable(RuntimeError):
+    """The reference implementation a benchmark compares against is not on this machine (the message says how)."""
+
+
 @dataclass(frozen=True)
 class BenchRow:
     """One comparison: our time against the reference's, and how far apart the results are."""

@@ -1,0 +1,295 @@
+"""Ignite engines for MemAE / C-MemAE: the training step, the one-class evaluator, tensorboard extras.
+
+:func:`fit` runs one training (one normal class or one conditional group) with ``common.handlers.setup_handlers``:
+progress bars, tensorboard, checkpoints and an exact resume from the newest checkpoint of its folder. The model of
+the **last** epoch is the one evaluated (C-MemAE reported the maximum test AUROC over epochs instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import TensorboardLogger
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from torch import nn
+
+from common.handlers import (
+    count_skipped_steps,
+    finite_step,
+    latest_checkpoint,
+    log_histogram,
+    log_images,
+    setup_handlers,
+)
+from common.loaders import TensorBatchLoader
+from common.metrics import OODMetrics
+from memae.config import TrainConfig
+from memae.data import denormalise
+from memae.losses import memae_loss
+from memae.memory import ConditionalMemory, MemoryModule
+from memae.models import Autoencoder
+from memae.scores import anomaly_scores
+
+GRID_IMAGES = 16  # inputs / reconstructions shown per evaluation
+GRID_SLOTS = 32  # decoded memory slots shown per memory
+
+
+def memory_indices(labels: torch.Tensor, group: Sequence[int]) -> torch.Tensor:
+    """Each label's position in the target ``group`` (its memory / condition index).
+
+    Raises:
+        ValueError: a label is not in the group.
+    """
+    lookup = torch.tensor(list(group), device=labels.device)
+    matches = labels[:, None] == lookup[None, :]
+    if not bool(matches.any(dim=1).all()):
+        missing = sorted(set(labels[~matches.any(dim=1)].tolist()))
+        raise ValueError(f"class(es) {missing} are not in the target group {tuple(group)}")
+    return matches.int().argmax(dim=1)
+
+
+def create_trainer(
+    model: Autoencoder,
+    optimizer: torch.optim.Optimizer,
+    entropy_weight: float,
+    group: Sequence[int] | None = None,
+    freeze_batchnorm: bool = False,
+) -> Engine:
+    """Trainer minimising the objective ``mse + α · entropy``; conditional models read their true label's memory.
+
+    The step returns ``{"loss", "mse", "entropy"}``; a non-finite step is skipped and counted (``finite_step``).
+    ``freeze_batchnorm`` keeps BatchNorm layers on their running statistics (few-shot fine-tuning, where a batch
+    may hold a single image).
+    """
+    if model.conditional and group is None:
+        raise ValueError("a conditional model needs the target group (the class of each memory)")
+
+    def step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        images, labels = batch
+        model.train()
+        if freeze_batchnorm:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        optimizer.zero_grad(set_to_none=True)
+        condition = memory_indices(labels, group) if model.conditional else None
+        reconstruction, out = model(images, condition)
+        terms = memae_loss(images, reconstruction, out.attention, entropy_weight)
+        terms.total.backward()
+        finite_step(engine, terms.total, optimizer)
+        return {"loss": terms.total.item(), "mse": terms.reconstruction.item(), "entropy": terms.entropy.item()}
+
+    trainer = Engine(step)
+    count_skipped_steps(trainer)
+    return trainer
+
+
+class SelectionAccuracy(Metric):
+    """Share of samples of the target group whose self-selected memory is their own class's memory.
+
+    ``update`` takes ``(selection, expected)``: (B,) chosen memory and (B,) own memory, −1 for samples outside
+    the group (not counted).
+    """
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._correct = torch.zeros((), dtype=torch.int64)
+        self._counted = torch.zeros((), dtype=torch.int64)
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        selection, expected = (tensor.detach().cpu() for tensor in output)
+        inside = expected >= 0
+        self._correct += (selection[inside] == expected[inside]).sum()
+        self._counted += inside.sum()
+
+    @sync_all_reduce("_correct", "_counted")
+    def compute(self) -> float:
+        if int(self._counted) == 0:
+            raise ValueError("no sample of the target group was evaluated: selection accuracy is undefined")
+        return float(self._correct) / float(self._counted)
+
+
+def create_evaluator(
+    model: Autoencoder,
+    normal_class: int,
+    group: Sequence[int] | None = None,
+    known_condition: bool = True,
+    selection: str = "sum",
+) -> Engine:
+    """Evaluator of the one-class test set of ``normal_class``: the ``common.metrics`` keys (AUROC, ...).
+
+    Args:
+        model: the autoencoder; scored with :func:`memae.scores.anomaly_scores` (higher = more anomalous).
+        normal_class: the class that is normal; every other label is an anomaly (the positive class).
+        group: target group of a conditional model.
+        known_condition: conditional models only: every sample reads the memory of ``normal_class`` (C-MemAE's
+            ``conditional=known``), or picks its memory itself (``unknown``; adds ``selection_accuracy``).
+        selection: the self-selection criterion, ``"sum"`` (C-MemAE) or ``"max"``.
+    """
+    conditional = model.conditional
+    if conditional and (group is None or normal_class not in group):
+        raise ValueError(f"normal class {normal_class} is not in the target group {group}")
+
+    def step(_: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+        images, labels = batch
+        condition = None
+        if conditional and known_condition:
+            condition = memory_indices(torch.full_like(labels, normal_class), group)
+        scores, reconstruction, out = anomaly_scores(model, images, condition, selection)
+        expected = torch.full_like(labels, -1)
+        if conditional:
+            inside = torch.isin(labels, torch.tensor(list(group), device=labels.device))
+            expected[inside] = memory_indices(labels[inside], group)
+        return {
+            "score": scores,
+            "is_anomalous": labels != normal_class,
+            "images": images,
+            "reconstruction": reconstruction,
+            "attention": out.attention,
+            "selection": out.selection,
+            "expected": expected,
+        }
+
+    evaluator = Engine(step)
+    OODMetrics(output_transform=lambda o: (o["score"], o["is_anomalous"])).attach(evaluator, "ood")
+    if conditional and not known_condition:
+        SelectionAccuracy(output_transform=lambda o: (o["selection"], o["expected"])).attach(
+            evaluator, "selection_accuracy"
+        )
+    return evaluator
+
+
+def memories_of(model: Autoencoder) -> list[MemoryModule]:
+    """The model's memories (none for AEs)."""
+    if isinstance(model.bottleneck, MemoryModule):
+        return [model.bottleneck]
+    if isinstance(model.bottleneck, ConditionalMemory):
+        return list(model.bottleneck.memories)
+    return []
+
+
+@torch.no_grad()
+def decode_slots(model: Autoencoder, memory: MemoryModule, latent_size: tuple[int, ...]) -> torch.Tensor:
+    """Decode each slot (up to :data:`GRID_SLOTS`) as a latent whose every position holds that slot: (n, C, H, W)."""
+    model.eval()
+    slots = memory.memory[:GRID_SLOTS]
+    latent = slots.reshape(*slots.shape, *([1] * len(latent_size))).expand(*slots.shape, *latent_size)
+    return model.decoder(latent.contiguous())
+
+
+def attach_diagnostics(
+    evaluator: Engine, trainer: Engine, model: Autoencoder, tb_logger: TensorboardLogger | None, tag: str
+) -> None:
+    """After each evaluation log input / reconstruction grids, addressing weights and memory usage.
+
+    Written under ``<tag>/``: ``input``, ``reconstruction`` (first batch), ``addressing_weights`` (histogram of
+    the first batch's ŵ), ``slots_used`` (slots with a non-zero weight for some test query) and
+    ``memory_<i>_slots`` (decoded slots).
+    """
+    if tb_logger is None:
+        return
+    seen: dict[str, Any] = {}
+
+    def collect(engine: Engine) -> None:
+        output = engine.state.output
+        if engine.state.iteration == 1:
+            seen.update(first=output, used=None)
+        if output["attention"] is not None:
+            used = (output["attention"] > 0).movedim(1, -1).reshape(-1, output["attention"].shape[1]).any(dim=0)
+            seen["used"] = used if seen["used"] is None else seen["used"] | used
+
+    def write(_: Engine) -> None:
+        step, first = trainer.state.epoch, seen["first"]
+        log_images(tb_logger, f"{tag}/input", denormalise(first["images"][:GRID_IMAGES]), step)
+        log_images(tb_logger, f"{tag}/reconstruction", denormalise(first["reconstruction"][:GRID_IMAGES]), step)
+        if first["attention"] is not None:
+            log_histogram(tb_logger, f"{tag}/addressing_weights", first["attention"], step)
+            tb_logger.writer.add_scalar(f"{tag}/slots_used", int(seen["used"].sum()), step)
+        latent_size = tuple(model.encoder(first["images"][:1]).shape[2:])
+        for index, memory in enumerate(memories_of(model)):
+            slots = denormalise(decode_slots(model, memory, latent_size))
+            log_images(tb_logger, f"{tag}/memory_{index}_slots", slots, step)
+
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
+    evaluator.add_event_handler(Events.COMPLETED, write)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluator to run after training: its name in tensorboard, engine and test loader."""
+
+    name: str
+    engine: Engine
+    data: TensorBatchLoader
+
+
+def fit(
+    model: Autoencoder,
+    train_data: TensorBatchLoader | None,
+    evaluations: Sequence[Evaluation],
+    train: TrainConfig,
+    entropy_weight: float,
+    run_dir: Path,
+    *,
+    seed: int,
+    group: Sequence[int] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    freeze_batchnorm: bool = False,
+) -> dict[str, Mapping[str, Any]]:
+    """Train ``model`` for ``train.epochs`` epochs (Adam), then return each evaluation's metrics of the last epoch.
+
+    Args:
+        model: the autoencoder, on the loaders' device.
+        train_data: training batches; None evaluates the model as it is (the "freeze" few-shot strategy).
+        evaluations: run every ``train.eval_every`` epochs and after the last one; the first also logs images.
+        train: epochs, learning rate, evaluation and checkpoint periods.
+        entropy_weight: α, the entropy weight of the objective.
+        run_dir: this training's folder (tensorboard events, ``checkpoints/``).
+        seed: seed of the epoch reseeding (``common.run.make_reproducible``).
+        group: target group of a conditional model.
+        resume: continue from the newest checkpoint in ``run_dir`` if there is one (a finished run is only
+            evaluated again).
+        progress: show progress bars.
+        freeze_batchnorm: train with BatchNorm on its running statistics (see :func:`create_trainer`).
+    """
+    if train_data is None:
+        for evaluation in evaluations:
+            evaluation.engine.run(evaluation.data)
+        return {evaluation.name: dict(evaluation.engine.state.metrics) for evaluation in evaluations}
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
+    trainer = create_trainer(model, optimizer, entropy_weight, group, freeze_batchnorm)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    handlers = setup_handlers(
+        trainer,
+        {evaluation.name: (evaluation.engine, evaluation.data) for evaluation in evaluations},
+        run_dir,
+        {"model": model, "optimizer": optimizer},
+        seed=seed,
+        optimizer=optimizer,
+        eval_every=train.eval_every,
+        log_every=train.log_every,
+        checkpoint_every_epochs=train.checkpoint_every,
+        n_saved=1,
+        progress=progress,
+        resume=checkpoint,
+    )
+    if evaluations:
+        attach_diagnostics(evaluations[0].engine, trainer, model, handlers.tb_logger, evaluations[0].name)
+    try:
+        if trainer.state.epoch >= train.epochs:  # a finished run restored from its last checkpoint
+            for evaluation in evaluations:
+                evaluation.engine.run(evaluation.data)
+        else:
+            trainer.run(train_data, max_epochs=train.epochs)
+    finally:
+        if handlers.tb_logger is not None:
+            handlers.tb_logger.close()
+    return {evaluation.name: dict(evaluation.engine.state.metrics) for evaluation in evaluations}
