@@ -30,16 +30,19 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
 
     options = options or RunOptions()
     paper = get_paper(name)
+    resumed = resumed_run_dir(options.resume) if options.resume else None
+    if resumed is not None and not experiments:
+        experiments = [resumed.parent.name]  # runs live in <paper>/<experiment>/<run>/
     chosen = [paper.experiment(e) for e in experiments] if experiments else list(paper.experiments)
+    if resumed is not None and len(chosen) != 1:
+        raise ValueError(f"--resume continues one run, {resumed}; name one experiment, not {len(chosen)}")
     rows: list[ResultRow] = []
     for experiment in chosen:
         if options.scale not in experiment.scales:
             raise ValueError(
                 f"{name}/{experiment.name} has no {options.scale!r} scale; scales: {', '.join(experiment.scales)}"
             )
-        run_dir = (
-            resumed_run_dir(options.resume) if options.resume else create_run_dir(name, experiment.name, options.output)
-        )
+        run_dir = resumed or create_run_dir(name, experiment.name, options.output)
         experiment_rows = experiment.function(options, run_dir)
         write_results(run_dir, RunRecord(name, experiment.name, experiment_rows, config=asdict(options)))
         print(render_markdown(experiment_rows), flush=True)

@@ -84,7 +84,7 @@ def test_download_reports_manual_datasets_and_unknown_names(no_papers, tmp_path,
 
 
 def test_resume_continues_in_the_named_run_folder(toy_paper, tmp_path):
-    run = tmp_path / "toy" / "table1" / "old-run"
+    run = tmp_path / "toy" / "table1" / "old-run"  # the experiment is read from the folder
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint_10.pt").write_bytes(b"")
     for resume in (run, run / "checkpoints" / "checkpoint_10.pt"):
@@ -93,3 +93,6 @@ def test_resume_continues_in_the_named_run_folder(toy_paper, tmp_path):
     assert (run / "results.json").exists()
     with pytest.raises(FileNotFoundError, match="no such run folder"):
         main.main(["toy", "--resume", str(tmp_path / "missing")])
+    (tmp_path / "elsewhere" / "run").mkdir(parents=True)
+    with pytest.raises(KeyError, match="no experiment 'elsewhere'"):
+        main.main(["toy", "--resume", str(tmp_path / "elsewhere" / "run")])
