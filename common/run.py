@@ -385,3 +385,23 @@ def autocast_context(device: torch.device, enabled: bool) -> torch.autocast:
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler | None:
     """A loss scaler when ``autocast_context`` computes in float16 (CUDA), else None (bfloat16 needs none)."""
     return torch.amp.GradScaler(device.type) if enabled and device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads (None: leave as is), restoring the number after.
+
+    The demo scale's tiny networks run fastest on one thread: the thread pool's overhead outweighs their work,
+    badly so when the cores are shared with other jobs.
+    """
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise ValueError(f"count: expected a positive number of threads or None, got {count}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

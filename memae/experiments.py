@@ -11,9 +11,8 @@ with ``--resume <run>`` each continues from its newest checkpoint. AUROC and acc
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from common.datasets import ImageSet, load
 from common.loaders import TensorBatchLoader
 from common.papers import Experiment, Paper, RunOptions, register_paper
 from common.results import ResultRow
-from common.run import resolve_device, save_run_config, seed_everything
+from common.run import resolve_device, save_run_config, seed_everything, torch_threads
 from memae import paper
 from memae.config import (
     SCALES,
@@ -95,21 +94,6 @@ def _context(options: RunOptions, run_dir: Path) -> Context:
         progress=options.progress,
         run_dir=run_dir,
     )
-
-
-@contextlib.contextmanager
-def _cpu_threads(ctx: Context) -> Iterator[None]:
-    """Run with the scale's number of torch intra-op threads on CPU, restoring the previous number after."""
-    count = ctx.scale.cpu_threads
-    if count is None or ctx.device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _folder(*parts: object) -> str:
@@ -210,7 +194,7 @@ def _data_note(data: DataConfig) -> str:
 def image_table(options: RunOptions, run_dir: Path) -> list[ResultRow]:
     """MemAE's image table: AE, MemAE-nonSpar, MemAE; per-class one-class AUROC averaged over the classes."""
     ctx = _context(options, run_dir)
-    with _cpu_threads(ctx):
+    with torch_threads(ctx.scale.cpu_threads if ctx.device.type == "cpu" else None):
         return [row for setting in ctx.scale.image_table for row in _image_setting(ctx, setting)]
 
 
@@ -287,7 +271,7 @@ def conditional(options: RunOptions, run_dir: Path) -> list[ResultRow]:
     """C-MemAE: conditional vs per-class MemAE, self-selection accuracy, few-shot strategies over k shots."""
     ctx = _context(options, run_dir)
     rows: list[ResultRow] = []
-    with _cpu_threads(ctx):
+    with torch_threads(ctx.scale.cpu_threads if ctx.device.type == "cpu" else None):
         for setting in ctx.scale.conditional:
             train_data, test_data = _load(setting.data)
             runs = [_conditional_seed(ctx, setting, train_data, test_data, seed) for seed in ctx.seeds]

@@ -446,3 +446,16 @@ def test_setup_handlers_orders_epochs_evaluates_every_n_epochs_and_at_the_end(
     assert evaluations == evaluated_at
     assert set(summaries(tmp_path)["train/loss"]) == set(range(2, 3 * epochs + 1, 2))
     assert set(handlers.to_save) == {"trainer", "rng"}
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    from common.run import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="positive number of threads"), torch_threads(0):
+        pass

@@ -1,0 +1,229 @@
+"""Ignite engines of MCHAD and its baselines: model and objective per method, trainer, evaluator, metrics.
+
+The trainer takes ID batches ``(images, labels)`` or, for the G-variants, ``PairedLoader`` pairs of an ID batch and
+an outlier batch (labels −1), concatenated into one forward pass with shared BatchNorm statistics as in the
+original (reference mchad.md §2.2). The evaluator scores one pass over the ID test set and every OOD set (labels
+−(k + 1), see :mod:`mchad.data`) and computes closed-set accuracy and, per OOD set, the metrics of
+``common.metrics`` on ID test ∪ that set (never pooled over OOD sets, §3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
+from torch import nn
+
+from common.handlers import finite_step
+from common.metrics import OODMetrics
+from mchad.config import DatasetConfig, MethodConfig, TrainConfig
+from mchad.losses import CACLoss, IILoss, LossTerms, MCHADLoss, SoftmaxLoss, batch_class_means, cac_distances
+from mchad.models import CenterNet, CenterOutput, ClassAnchors, ClassCenters, RunningCenters, WideResNet
+from mchad.pretrained import load_pretrained
+from mchad.scores import predict, score
+
+Objective = Callable[[CenterNet, CenterOutput, torch.Tensor], LossTerms]
+
+
+def build_model(method: MethodConfig, dataset: DatasetConfig, train: TrainConfig) -> CenterNet:
+    """The network of ``method``: a WRN emitting D values, plus centers / anchors / classifier / BatchNorm.
+
+    Loads the pretrained WRN-40-2 when ``train.pretrained`` (a clear error names the missing file).
+    """
+    n_classes = dataset.n_classes
+    n_outputs = method.n_dim or n_classes
+    backbone = WideResNet(n_outputs, train.depth, train.widen_factor, train.dropout, dataset.in_channels)
+    if train.pretrained:
+        load_pretrained(backbone)
+    if method.kind == "softmax":
+        return CenterNet(backbone)
+    if method.kind == "cac":
+        return CenterNet(backbone, ClassAnchors(n_classes, method.magnitude))
+    if method.kind == "ii":
+        return CenterNet(backbone, RunningCenters(n_classes, n_outputs), embedding_norm=nn.BatchNorm1d(n_outputs))
+    # Center and G-Center train a linear classifier on z (G-Center still predicts by the nearest center).
+    classifier = nn.Linear(n_outputs, n_classes) if method.kind == "center" else None
+    return CenterNet(backbone, ClassCenters(n_classes, n_outputs), classifier=classifier)
+
+
+def build_objective(method: MethodConfig, n_classes: int) -> Objective:
+    """``objective(model, output, labels) -> LossTerms`` of ``method`` (mchad.md §1.2 and §2.3)."""
+    if method.kind in ("mchad", "center"):
+        loss = MCHADLoss(
+            method.weight_center,
+            method.weight_nll,
+            method.weight_outlier,
+            method.radius,
+            method.margin,
+            method.normalization,
+        )
+        use_logits = method.kind == "center"  # Center: CE on the classifier's logits; MCHAD: on −distances
+        return lambda model, output, labels: loss(output.distances, labels, output.logits if use_logits else None)
+    if method.kind == "cac":
+        cac = CACLoss(
+            method.weight_center,
+            method.weight_nll,
+            method.weight_outlier,
+            method.margin,
+            method.normalization,
+            method.cac_index_bug,
+        )
+        return lambda model, output, labels: cac(cac_distances(output.distances, method.cac_distance_power), labels)
+    if method.kind == "ii":
+        ii = IILoss(n_classes, method.ii_alpha)
+
+        def ii_objective(model: CenterNet, output: CenterOutput, labels: torch.Tensor) -> LossTerms:
+            model.centers.update(*batch_class_means(output.embedding.detach(), labels, n_classes))
+            return ii(output.embedding, labels)
+
+        return ii_objective
+    if method.kind == "softmax":
+        softmax = SoftmaxLoss()
+        return lambda model, output, labels: softmax(output.logits, labels)
+    raise ValueError(f"unknown method kind {method.kind!r}")
+
+
+def merge_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of an ID batch, or of an (ID batch, outlier batch) pair concatenated."""
+    if isinstance(batch[0], torch.Tensor):
+        return batch
+    (images, labels), (outlier_images, outlier_labels) = batch
+    return torch.cat([images, outlier_images]), torch.cat([labels, outlier_labels])
+
+
+def create_trainer(
+    model: CenterNet, objective: Objective, optimizer: torch.optim.Optimizer, method: MethodConfig
+) -> Engine:
+    """Trainer whose step returns the total loss, each unweighted term and the batch accuracy on ID samples.
+
+    Non-finite steps are skipped and counted (``common.handlers.finite_step``). For II the running centers are
+    reset at the start of every epoch, as the original does (not when resuming part-way through an epoch).
+    """
+
+    def step(engine: Engine, batch: Any) -> dict[str, float]:
+        model.train()
+        images, labels = merge_batch(batch)
+        optimizer.zero_grad(set_to_none=True)
+        output = model(images)
+        loss = objective(model, output, labels)
+        loss.total.backward()
+        finite_step(engine, loss.total, optimizer)
+        known = labels >= 0
+        correct = predict(output, method.predict_by)[known] == labels[known]
+        return {
+            "loss": loss.total.item(),
+            **{name: value.item() for name, value in loss.terms.items()},
+            "accuracy": correct.float().mean().item(),
+        }
+
+    trainer = Engine(step)
+    if method.kind == "ii":
+
+        @trainer.on(Events.EPOCH_STARTED)
+        def reset_running_centers(engine: Engine) -> None:
+            if engine.state.iteration % engine.state.epoch_length == 0:
+                model.centers.reset()
+
+    return trainer
+
+
+class IDAccuracy(Metric):
+    """Closed-set accuracy over the in-distribution samples (label ≥ 0) of ``(predictions, labels)`` batches."""
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._correct = torch.zeros((), dtype=torch.long, device=self._device)
+        self._total = torch.zeros((), dtype=torch.long, device=self._device)
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        predictions, labels = output
+        known = labels >= 0
+        self._correct += (predictions[known] == labels[known]).sum().to(self._device)
+        self._total += known.sum().to(self._device)
+
+    @sync_all_reduce("_correct", "_total")
+    def compute(self) -> float:
+        if self._total == 0:
+            raise ValueError("IDAccuracy: no in-distribution sample (label >= 0) was seen")
+        return self._correct.item() / self._total.item()
+
+
+class PerSetOODMetrics(Metric):
+    """``common.metrics`` OOD metrics of every test case ID ∪ OOD set k, from ``(scores, labels)`` batches.
+
+    Labels ≥ 0 are ID test samples, label −(k + 1) marks OOD set k. ``compute`` returns
+    ``{set name: {metric: value}}`` (attach with ``metrics_result_mode="named"``: tensorboard then shows
+    ``<evaluator>/<metric name>/<set>/<metric>``).
+    """
+
+    def __init__(self, set_names: Sequence[str], output_transform: Callable[[Any], Any] = lambda x: x) -> None:
+        self.set_names = tuple(set_names)
+        self._per_set = [OODMetrics() for _ in self.set_names]
+        super().__init__(output_transform, metrics_result_mode="named")
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        for metric in self._per_set:
+            metric.reset()
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        scores, labels = output
+        known = labels >= 0
+        for k, metric in enumerate(self._per_set):
+            rows = known | (labels == -(k + 1))
+            if rows.any():
+                metric.update((scores[rows], ~known[rows]))
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        return {name: metric.compute() for name, metric in zip(self.set_names, self._per_set, strict=True)}
+
+
+def create_evaluator(model: CenterNet, method: MethodConfig, ood_names: Sequence[str]) -> Engine:
+    """Evaluator with metrics ``accuracy`` and, per score kind of ``method``, ``<kind>`` = per-set OOD metrics.
+
+    Its step output: ``{"scores": {kind: (B,)}, "labels": (B,), "predictions": (B,), "embedding": (B, D)}``.
+    """
+
+    @torch.no_grad()
+    def step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+        model.eval()
+        images, labels = batch
+        output = model(images)
+        return {
+            "scores": {kind: score(output, kind) for kind in method.scores},
+            "labels": labels,
+            "predictions": predict(output, method.predict_by),
+            "embedding": output.embedding,
+        }
+
+    evaluator = Engine(step)
+    IDAccuracy(lambda out: (out["predictions"], out["labels"])).attach(evaluator, "accuracy")
+    for kind in method.scores:
+        metric = PerSetOODMetrics(ood_names, lambda out, kind=kind: (out["scores"][kind], out["labels"]))
+        metric.attach(evaluator, kind)
+    return evaluator
+
+
+def collect_outputs(evaluator: Engine) -> list[dict[str, Any]]:
+    """Keep every batch output of ``evaluator``'s latest run (on the CPU) in the returned list."""
+    outputs: list[dict[str, Any]] = []
+    evaluator.add_event_handler(Events.STARTED, lambda _: outputs.clear())
+
+    def keep(engine: Engine) -> None:
+        out = engine.state.output
+        outputs.append({key: _to_cpu(value) for key, value in out.items()})
+
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, keep)
+    return outputs
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    return value.detach().cpu()
