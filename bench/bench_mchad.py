@@ -11,13 +11,12 @@ The outlier term (a sum of relu(m² − D²)) is the same in both.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 
-from bench.timing import BenchRow, best_time
+from bench.timing import BenchRow, ReferenceUnavailable, best_time
 from mchad.losses import MCHADLoss
 from mchad.models import ClassCenters, WideResNet
 
@@ -131,6 +130,7 @@ def run() -> list[BenchRow]:
         from pytorch_ood.loss import MCHADLoss as ReferenceLoss
         from pytorch_ood.model import WideResNet as ReferenceModel
     except ImportError as error:
-        print(f"bench_mchad: pytorch-ood is not importable ({error}); see mchad/README.md, Benchmark", file=sys.stderr)
-        return []
+        raise ReferenceUnavailable(
+            f"pytorch-ood is not importable ({error}); see mchad/README.md, Benchmark"
+        ) from error
     return [loss_row(ReferenceLoss, False), loss_row(ReferenceLoss, True), step_row(ReferenceLoss, ReferenceModel)]
