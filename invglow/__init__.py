@@ -1,1 +1,7 @@
-"""Placeholder package; the paper is reproduced under its own issue."""
+"""InvGlow: Schirrmeister et al., "Understanding anomaly detection with deep invertible networks through hierarchies
+of distributions and features", NeurIPS 2020 (arXiv 2006.10848).
+
+Glow with independent per-scale priors (:mod:`invglow.models`), its layers (:mod:`invglow.flows`), the outlier
+loss (:mod:`invglow.losses`), likelihood-ratio / final-scale / Serra scores (:mod:`invglow.scores`), Ignite
+engines (:mod:`invglow.engine`) and the experiments ``main.py`` runs (:mod:`invglow.experiments`).
+"""

@@ -1,0 +1,160 @@
+"""InvGlow: one Glow training step and evaluation at the paper's size, and create_tiny's throughput.
+
+- Training step, paper configuration (L = 3, K = 32, 512 hidden, affine, LU; batch 64 of 3×32×32; Adamax), ours
+  against the original ``boschresearch/hierarchical_anomaly_detection`` model built by its ``create_glow_model``
+  in the same process. The original is read from the snapshot ``fetch`` puts under ``/work/.mirror`` (or the
+  folder in ``INVGLOW_ORIGINAL``); it is imported for the benchmark only, never copied into the suite. Both
+  packages are called ``invglow``, so the original is imported with our modules moved out of ``sys.modules``.
+- Evaluation: images per second of our no-grad forward at batch 64.
+- create_tiny: MB/s of ``common.tiny_builder.build_tiny_subset`` over a generated binary (half of its chunks kept)
+  against one sequential read of the same file, and the process's peak RSS growth for two binary sizes (the file
+  is freshly written, so both read from the page cache).
+
+``python -m bench invglow``; ``INVGLOW_BENCH_MB`` sets the larger binary's size (default 1024).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.timing import BenchRow, best_time
+from common.tiny_builder import build_tiny_subset
+from invglow.models import Glow, initialize_actnorms
+
+# A checkout or bare git snapshot of boschresearch/hierarchical_anomaly_detection (imported, never copied).
+_ORIGINAL = Path(os.environ.get("INVGLOW_ORIGINAL", "")) if os.environ.get("INVGLOW_ORIGINAL") else None
+_BATCH = 64
+_SHAPE = (3, 32, 32)
+_REPEAT = int(os.environ.get("INVGLOW_BENCH_REPEAT", "1"))  # a paper-size CPU step takes minutes on 2 cores
+
+
+def _original_source(folder: Path) -> Path | None:
+    """A folder holding the original ``invglow`` package: ``_ORIGINAL`` itself, or its files extracted into
+    ``folder`` when ``_ORIGINAL`` is a bare git snapshot; None when neither exists."""
+    if _ORIGINAL is None:
+        return None
+    if (_ORIGINAL / "invglow" / "models" / "glow.py").is_file():
+        return _ORIGINAL
+    if not (_ORIGINAL / "HEAD").is_file():
+        return None
+    archive = subprocess.run(
+        ["git", f"--git-dir={_ORIGINAL}", "archive", "HEAD", "invglow"], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+@contextlib.contextmanager
+def _original_package(source: Path) -> Iterator[object]:
+    """Import the original ``invglow.models.glow`` with our ``invglow`` modules set aside, then restore ours."""
+    ours = {name: module for name, module in sys.modules.items() if name == "invglow" or name.startswith("invglow.")}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(source))
+    try:
+        import invglow.invertible.init as original_init  # the original's, from _ORIGINAL
+        import invglow.models.glow as original_glow
+
+        yield original_glow, original_init
+    finally:
+        sys.path.remove(str(source))
+        for name in [n for n in sys.modules if n == "invglow" or n.startswith("invglow.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+
+
+def _step_function(model: torch.nn.Module, log_density: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+    optimizer = torch.optim.Adamax(model.parameters(), lr=5e-4, weight_decay=5e-5)
+    images = torch.rand(_BATCH, *_SHAPE) - 0.5
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        (-log_density(images).mean()).backward()
+        optimizer.step()
+
+    return step
+
+
+def _glow_rows() -> list[BenchRow]:
+    torch.manual_seed(0)
+    ours = Glow(_SHAPE, n_scales=3, steps=32, hidden=512)
+    initialize_actnorms(ours, torch.rand(_BATCH, *_SHAPE) - 0.5)
+    our_step = best_time(_step_function(ours, lambda x: ours(x)[1].sum(1)), repeat=_REPEAT)
+    with torch.no_grad():
+        our_eval = best_time(lambda: ours(torch.rand(_BATCH, *_SHAPE) - 0.5), repeat=_REPEAT)
+    rows = [BenchRow("invglow eval forward, batch 64 (s per batch)", our_eval, "—", our_eval, note="no reference")]
+    with tempfile.TemporaryDirectory() as folder:
+        source = _original_source(Path(folder))
+        if source is None:
+            note = f"original code not found ({_ORIGINAL}): set INVGLOW_ORIGINAL to its checkout"
+            return [BenchRow("invglow train step, paper config", our_step, "original", float("nan"), note=note), *rows]
+        with _original_package(source) as (original_glow, original_init):
+            model = original_glow.create_glow_model(
+                hidden_channels=512, K=32, L=3, flow_permutation="invconv", flow_coupling="affine",
+                LU_decomposed=True, n_chans=3,
+            )  # fmt: skip
+            original_init.init_all_modules(model, torch.rand(_BATCH, *_SHAPE) - 0.5)
+            step = _step_function(model, lambda x: model(x, fixed={"y": None})[1])
+            reference = best_time(step, repeat=_REPEAT)
+    n_ours, n_original = (sum(p.numel() for p in m.parameters()) for m in (ours, model))
+    note = f"batch 64, 3×32×32, Adamax; parameters ours {n_ours:,} vs original {n_original:,}"
+    return [
+        BenchRow("invglow train step, paper config", our_step, "original create_glow_model", reference, note=note),
+        *rows,
+    ]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tiny_rows() -> list[BenchRow]:
+    rows = []
+    for megabytes in (256, int(os.environ.get("INVGLOW_BENCH_MB", "1024"))):
+        n_images = megabytes * 2**20 // 3072 // 64 * 64
+        with tempfile.TemporaryDirectory() as folder:
+            binary = Path(folder) / "tiny_images.bin"
+            with open(binary, "wb") as handle:
+                block = np.random.default_rng(0).integers(0, 256, (4096, 3072), dtype=np.uint8).tobytes()
+                for start in range(0, n_images, 4096):
+                    handle.write(block[: min(4096, n_images - start) * 3072])
+            start = time.perf_counter()
+            with open(binary, "rb") as handle:
+                while handle.read(64 * 2**20):
+                    pass
+            raw_seconds = time.perf_counter() - start
+            before = _peak_rss_mb()
+            n_chunks = (n_images // 64 - 1) // 2
+            start = time.perf_counter()
+            build_tiny_subset(binary, Path(folder), n_chunks=n_chunks, expected_images=None, progress=False)
+            build_seconds = time.perf_counter() - start
+            read_mb = n_chunks * 64 * 3072 / 2**20
+            note = (
+                f"{megabytes} MB binary, {n_chunks:,} chunks kept: {read_mb / build_seconds:.0f} MB/s vs raw read "
+                f"{megabytes / raw_seconds:.0f} MB/s; peak RSS growth {_peak_rss_mb() - before:.0f} MB"
+            )
+            # Compare time per MB of the file: the builder reads half the file, in ascending chunk order.
+            rows.append(
+                BenchRow(f"create_tiny, {megabytes} MB (s per GB kept)", build_seconds / read_mb * 1024,
+                         "raw sequential read", raw_seconds / megabytes * 1024, note=note)
+            )  # fmt: skip
+    return rows
+
+
+def run() -> list[BenchRow]:
+    """All InvGlow benchmark rows."""
+    return [*_tiny_rows(), *_glow_rows()]

@@ -1,0 +1,161 @@
+"""Hyper-parameters of InvGlow (Schirrmeister et al., NeurIPS 2020), one configuration per scale.
+
+``paper``: the manuscript's protocol as the original code runs it (reference note invglow.md §1.1, §2, §3):
+Glow L = 3 × K = 32, 512 hidden, affine coupling, LU 1×1 convs; Adamax(5e-4, weight decay 5e-5), batch 64,
+250 epochs per stage (``main.py`` of the original; the paper's own budget could not be checked); outlier loss
+λ = 6000, T = 1000 on Tiny batches. ``demo``: the same code paths, small enough for a CPU in minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from invglow.flows import CouplingKind
+
+
+@dataclass(frozen=True)
+class GlowConfig:
+    """The flow (reference note §2.1).
+
+    Attributes:
+        channels: 3 (RGB) or 1 (grey MNIST / Fashion-MNIST with a grey Tiny model).
+        image_size: side of the (square) input; 32 in the paper.
+        n_scales: L = 3.
+        steps: K = 32 flow steps per scale.
+        hidden: 512 coupling-net channels.
+        coupling: ``"affine"`` (all results) or ``"additive"``.
+        lu: LU-decomposed 1×1 convolutions (``LU_decomposed=True``).
+        dense: the fully connected variant (the original ran it with K = 8 and frozen orthogonal mixing).
+    """
+
+    channels: int = 3
+    image_size: int = 32
+    n_scales: int = 3
+    steps: int = 32
+    hidden: int = 512
+    coupling: CouplingKind = "affine"
+    lu: bool = True
+    dense: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage (pretraining on Tiny or finetuning), reference note §3.
+
+    Attributes:
+        epochs: passes over the training set (250 in the original ``main.py``).
+        lr: Adamax learning rate 5e-4.
+        weight_decay: Adamax weight decay 5e-5.
+        batch_size: 64 (shuffled, last incomplete batch dropped).
+        eval_batch_size: 512.
+        init_batches: ActNorm data-dependent init from the first 11 batches (704 images) of a model trained from
+            scratch.
+        translate_pixels: random translation of up to ±0.1 · 32 ≈ 3 pixels (RandomAffine(translate=0.1)).
+        outlier_weight: λ = 6000 of the outlier loss (per-image nats).
+        outlier_temperature: T = 1000 of the outlier loss.
+    """
+
+    epochs: int = 250
+    lr: float = 5e-4
+    weight_decay: float = 5e-5
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    init_batches: int = 11
+    translate_pixels: int = 3
+    outlier_weight: float = 6000.0
+    outlier_temperature: float = 1000.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which sets play which role (reference note §4).
+
+    Attributes:
+        in_distribution: in-distribution sets, each finetuned from the general (Tiny) model.
+        ood: test sets used as anomalies; each in-distribution set is also tested against the others.
+        no_flip: sets trained without horizontal flips (SVHN: digits must not be mirrored).
+        demo_tiny_images: images in the locally generated Tiny-format binary (demo only).
+        demo_train: training images per generated in-distribution set (demo only).
+        demo_test: test images per generated set (demo only).
+    """
+
+    in_distribution: tuple[str, ...] = ("cifar10", "cifar100", "svhn")
+    ood: tuple[str, ...] = ("svhn", "cifar10", "cifar100", "lsun-resize", "celeba", "tinyimagenet-resize")
+    no_flip: tuple[str, ...] = ("svhn",)
+    demo_tiny_images: int = 0
+    demo_train: int = 0
+    demo_test: int = 0
+
+
+@dataclass(frozen=True)
+class InvGlowConfig:
+    """Everything one scale needs; ``grey`` (None: skipped) is the grey-image experiment, run with a grey Tiny model
+    (Tiny converted to grey, weights 0.2989/0.5870/0.1140, reference note §4.2)."""
+
+    glow: GlowConfig = field(default_factory=GlowConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    grey: DataConfig | None = field(
+        default_factory=lambda: DataConfig(
+            in_distribution=("fashion-mnist", "mnist"),
+            ood=("fashion-mnist", "mnist"),
+            no_flip=("fashion-mnist", "mnist"),
+        )
+    )  # MNIST ↔ Fashion-MNIST with a grey Tiny model (original tiny_grey; Resize 32 + translate, no flip)
+    seeds: tuple[int, ...] = (20200610,)  # the original's np_th_seed
+
+
+PAPER = InvGlowConfig()
+
+_DEMO_DIMS_RATIO = (3 * 16 * 16) / (3 * 32 * 32)
+"""The outlier-loss weight and temperature are in nats per image (reference note §7.13): at the demo's 16×16
+resolution an image has 4× fewer dimensions, so both are scaled by D_demo / D_paper to keep their balance with
+the NLL."""
+
+DEMO = InvGlowConfig(
+    glow=GlowConfig(image_size=16, steps=4, hidden=32),
+    pretrain=TrainConfig(epochs=3, batch_size=32, eval_batch_size=256, init_batches=4, translate_pixels=1),
+    finetune=TrainConfig(
+        epochs=2,
+        batch_size=32,
+        eval_batch_size=256,
+        init_batches=4,
+        translate_pixels=1,
+        outlier_weight=6000.0 * _DEMO_DIMS_RATIO,
+        outlier_temperature=1000.0 * _DEMO_DIMS_RATIO,
+    ),
+    data=DataConfig(
+        in_distribution=("shapes", "digits-rgb"),
+        ood=("shapes", "digits-rgb", "uniform-noise", "gaussian-noise"),
+        no_flip=("digits-rgb",),
+        demo_tiny_images=2048,
+        demo_train=768,
+        demo_test=256,
+    ),
+    grey=DataConfig(
+        in_distribution=("shapes", "digits-rgb"),
+        ood=("shapes", "digits-rgb"),
+        no_flip=("digits-rgb",),
+        demo_tiny_images=2048,
+        demo_train=768,
+        demo_test=256,
+    ),
+    seeds=(0,),
+)
+
+CONFIGS = {"paper": PAPER, "demo": DEMO}
+
+
+def get_config(scale: str) -> InvGlowConfig:
+    """The configuration of ``scale`` (``"demo"`` or ``"paper"``)."""
+    if scale not in CONFIGS:
+        raise ValueError(f"scale: expected one of {', '.join(CONFIGS)}, got {scale!r}")
+    return CONFIGS[scale]
+
+
+def grey_config(config: InvGlowConfig) -> InvGlowConfig:
+    """``config`` for its grey experiment: one input channel and the ``grey`` sets."""
+    if config.grey is None:
+        raise ValueError("config: has no grey experiment (grey is None)")
+    return replace(config, glow=replace(config.glow, channels=1), data=config.grey, grey=None)

@@ -1,0 +1,135 @@
+"""Image sets of the InvGlow experiments, as uint8 (N, C, S, S) tensors at the model's resolution.
+
+Paper scale: 80M Tiny Images subset (``python invglow/create_tiny.py``), CIFAR-10/100, SVHN, LSUN, CelebA,
+TinyImageNet through ``common.datasets``. Demo scale: everything is generated on the spot. A small binary in the
+real Tiny Images format (3072-byte column-major records) is written into the run folder and cut by
+``invglow/create_tiny.py`` exactly as the real one; in-distribution sets are procedurally drawn shapes (the
+CIFAR-10 stand-in) and coloured scikit-learn digits (the SVHN stand-in); noise sets are extra OOD sets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.datasets import ImageSet, load
+from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES
+from common.transforms import resize
+from invglow import create_tiny
+from invglow.config import InvGlowConfig
+
+TINY_TRAIN_FRACTION = 0.8  # first 80 % of the shuffled chunks train, the rest test (original datasets.py)
+CHUNK_SIZE = 64
+_GENERATED = ("shapes", "digits-rgb", "uniform-noise", "gaussian-noise")
+
+
+def to_size(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """uint8 images at ``size × size`` with ``channels`` channels (grey → RGB by repetition, RGB → grey by luma).
+
+    Resizing is bilinear with antialiasing (the original: torchvision Resize, bilinear).
+    """
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.2989, 0.5870, 0.1140])[None, :, None, None]  # the original's grey Tiny weights
+        images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = resize(images, size)
+    return images.contiguous()
+
+
+def colour_digits(split: str, n: int, seed: int) -> ImageSet:
+    """scikit-learn digits at 32×32, each drawn in a random colour on a random background: (n, 3, 32, 32) uint8
+    images and their digit labels."""
+    digits = load("digits", split, size=32)
+    grey = digits.images[:n].float() / 255
+    rng = np.random.default_rng([seed, 7])
+    background = torch.from_numpy(rng.integers(0, 256, (len(grey), 3, 1, 1))).float()
+    offset = torch.from_numpy(rng.choice([-1, 1], (len(grey), 3, 1, 1)) * rng.integers(96, 160, (len(grey), 3, 1, 1)))
+    foreground = (background + offset).clamp(0, 255)
+    images = (background + (foreground - background) * grey).round().to(torch.uint8)
+    return ImageSet(images, digits.labels[:n])
+
+
+def smooth_noise(n: int, seed: int) -> torch.Tensor:
+    """(n, 3, 32, 32) uint8 low-frequency random images (4×4 uniform noise upsampled bilinearly)."""
+    rng = np.random.default_rng([seed, 11])
+    coarse = torch.from_numpy(rng.integers(0, 256, (n, 3, 4, 4), dtype=np.uint8))
+    return resize(coarse, 32)
+
+
+def generated_set(name: str, split: str, n: int, seed: int) -> ImageSet:
+    """One demo set at 32×32 RGB: ``shapes``, ``digits-rgb`` (labels 0..9), ``uniform-noise`` or ``gaussian-noise``
+    (labels −1)."""
+    stream = seed * 2 + (split == "test")
+    if name == "shapes":
+        return load("shapes", split, n=n, size=32, seed=seed)
+    if name == "digits-rgb":
+        return colour_digits(split, n, stream)
+    if name in ("uniform-noise", "gaussian-noise"):
+        return load(name, "test", n=n, seed=stream + 100)
+    raise KeyError(f"unknown generated set {name!r}; generated sets: {', '.join(_GENERATED)}")
+
+
+def write_demo_tiny_binary(path: Path, n_images: int, seed: int) -> Path:
+    """A Tiny Images-format binary of ``n_images`` generated 32×32 images (a third each shapes, coloured digits,
+    smooth noise, in random order), each record the column-major (32, 32, 3) array as in ``tiny_images.bin``."""
+    third = n_images // 3
+    shapes = load("shapes", "train", n=third, size=32, seed=seed + 1000).images
+    digits = colour_digits("train", third, seed + 1000).images  # at most the 1,347 training digits
+    images = torch.cat([shapes, digits, smooth_noise(n_images - len(shapes) - len(digits), seed)])
+    images = images[torch.from_numpy(np.random.default_rng(seed).permutation(n_images))]
+    hwc = images.permute(0, 2, 3, 1).numpy()
+    temporary = path.with_suffix(".partial")
+    with open(temporary, "wb") as handle:
+        for image in hwc:
+            handle.write(image.tobytes(order="F"))
+    temporary.replace(path)
+    return path
+
+
+def build_demo_tiny(folder: Path, n_images: int, seed: int) -> Path:
+    """Write the demo binary into ``folder`` (if absent) and cut it with ``invglow/create_tiny.py``; returns folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    binary = folder / BINARY_NAME
+    if not binary.is_file() or binary.stat().st_size != n_images * IMAGE_BYTES:
+        write_demo_tiny_binary(binary, n_images, seed)
+    n_chunks = -(-n_images // CHUNK_SIZE) - 1  # every chunk start but the last, as the original
+    arguments = ["--binary", str(binary), "--out-dir", str(folder), "--n-chunks", str(n_chunks)]
+    create_tiny.main([*arguments, "--expected-images", "0", "--no-progress"])
+    return folder
+
+
+def tiny_split(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) of a chunked Tiny subset: chunks shuffled by ``seed``, the first 80 % train (by chunk)."""
+    n_chunks = len(images) // CHUNK_SIZE
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(n_chunks))
+    n_train = round(n_chunks * TINY_TRAIN_FRACTION)
+    rows = (order[:, None] * CHUNK_SIZE + torch.arange(CHUNK_SIZE)).flatten()
+    return images[rows[: n_train * CHUNK_SIZE]], images[rows[n_train * CHUNK_SIZE :]]
+
+
+def tiny_images(config: InvGlowConfig, scale: str, run_dir: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) uint8 Tiny images at the model's size (demo: generated binary cut into ``run_dir``)."""
+    if scale == "demo":
+        root = run_dir / "data"
+        build_demo_tiny(root / "tiny-images", config.data.demo_tiny_images, seed)
+        subset = load("tiny-images-subset", "train", root=root)
+    else:
+        subset = load("tiny-images-subset", "train")
+    train, test = tiny_split(subset.images, seed)
+    size, channels = config.glow.image_size, config.glow.channels
+    return to_size(train, size, channels), to_size(test, size, channels)
+
+
+def image_set(name: str, split: str, config: InvGlowConfig, scale: str, seed: int) -> ImageSet:
+    """Set ``name``: uint8 images at the model's size and channels, and labels (−1 for OOD-only sets)."""
+    if scale == "demo":
+        n = config.data.demo_train if split == "train" else config.data.demo_test
+        images, labels = generated_set(name, split, n, seed)
+    else:
+        reader_split = "test" if name in ("lsun-resize", "tinyimagenet-resize", "celeba") else split
+        images, labels = load(name, reader_split)
+    return ImageSet(to_size(images, config.glow.image_size, config.glow.channels), labels)

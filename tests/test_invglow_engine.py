@@ -1,0 +1,140 @@
+"""InvGlow Ignite engines: loss values, skipped non-finite steps, evaluator alignment, data helpers."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.datasets import load
+from common.handlers import SKIPPED_STEPS
+from common.loaders import TensorBatchLoader
+from common.transforms import bin_centres
+from invglow.data import CHUNK_SIZE, tiny_split, to_size, write_demo_tiny_binary
+from invglow.engine import OutlierLossConfig, create_evaluator, create_trainer, eval_transform, train_transform
+from invglow.losses import nll_nats, outlier_loss, wrong_class_loss
+from invglow.models import ClassConditionalGlow, Glow, initialize_actnorms
+from invglow.scores import anomaly_scores, auroc_percent
+
+
+def _model(seed: int = 0) -> Glow:
+    torch.manual_seed(seed)
+    model = Glow((3, 8, 8), n_scales=2, steps=1, hidden=8)
+    initialize_actnorms(model, torch.rand(32, 3, 8, 8) - 0.5)
+    return model
+
+
+def test_trainer_loss_is_nll_plus_outlier_loss() -> None:
+    model = _model()
+    base = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():  # make the finetuned model differ from the base
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    images, outliers = torch.rand(8, 3, 8, 8) - 0.5, torch.rand(8, 3, 8, 8) - 0.5
+    config = OutlierLossConfig("class", weight=50.0, temperature=20.0)
+    with torch.no_grad():
+        expected_nll = nll_nats(model(images)[1].sum(1), 192).mean()
+        expected_out = outlier_loss(model(outliers)[1].sum(1), base(outliers)[1].sum(1), 50.0, 20.0)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    trainer = create_trainer(model, optimizer, base_model=base, outlier=config)
+    labels = torch.zeros(8, dtype=torch.int64)
+    trainer.run([((images, labels), (outliers, labels))], max_epochs=1)
+    output = trainer.state.output
+    assert output["outlier_loss"] == pytest.approx(expected_out.item(), rel=1e-5)
+    assert output["loss"] == pytest.approx((expected_nll + expected_out).item(), rel=1e-5)
+    assert output["bpd"] == pytest.approx(expected_nll.item() / (192 * math.log(2)), rel=1e-5)
+
+
+def test_trainer_skips_and_counts_non_finite_steps() -> None:
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    trainer = create_trainer(model, torch.optim.Adamax(model.parameters(), lr=1e-3))
+    bad = torch.full((4, 3, 8, 8), float("nan"))
+    trainer.run([(bad, torch.zeros(4, dtype=torch.int64))], max_epochs=1)
+    assert getattr(trainer.state, SKIPPED_STEPS) == 1
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_class_outlier_loss_needs_the_tiny_model() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="Tiny"):
+        create_trainer(model, torch.optim.Adamax(model.parameters()), outlier=OutlierLossConfig("class"))
+
+
+def test_evaluator_aligns_likelihoods_with_images_and_scores_them() -> None:
+    model, base = _model(0), _model(1)
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    set_ids = torch.tensor([0] * 25 + [1] * 15)
+    evaluator = create_evaluator(model, ("in", "out"), base)
+    evaluator.run(TensorBatchLoader(images, set_ids, 16, transform=eval_transform()))
+    fine, base_lp, ids = evaluator.state.likelihoods
+    with torch.no_grad():
+        assert torch.allclose(fine, model(bin_centres(images))[1], atol=1e-4)
+        assert torch.allclose(base_lp, base(bin_centres(images))[1], atol=1e-4)
+    assert torch.equal(ids, set_ids)
+    ratio = anomaly_scores("ratio", fine, base_lp).values
+    expected = auroc_percent(ratio[:25], ratio[25:])["AUROC"]
+    assert evaluator.state.metrics["AUROC-ratio/out"] == pytest.approx(expected)
+    assert {"bpd/in", "bpd/out", "AUROC-raw/out", "AUROC-final_scale/out", "non_finite"} <= set(evaluator.state.metrics)
+
+
+def test_train_transform_dequantizes_into_the_bins() -> None:
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    out = train_transform(torch.Generator().manual_seed(0), translate_pixels=0, flip=False)(images)
+    low = images.float() / 256 - 0.5
+    assert ((out >= low) & (out < low + 1 / 256)).all()
+
+
+def test_demo_binary_is_real_column_major_format(tmp_path: Path) -> None:
+    (tmp_path / "tiny-images").mkdir()
+    path = write_demo_tiny_binary(tmp_path / "tiny-images" / "tiny_images.bin", 200, seed=0)
+    assert path.stat().st_size == 200 * 3072
+    records = np.fromfile(path, dtype=np.uint8).reshape(200, 3072)
+    hwc = records[7].reshape(32, 32, 3, order="F")  # MATLAB layout: row index fastest
+    images = load("tiny-images", "all", root=tmp_path, expected_count=None).images
+    assert np.array_equal(images[7].permute(1, 2, 0).numpy(), hwc)
+
+
+def test_tiny_split_keeps_whole_chunks() -> None:
+    images = torch.arange(10 * CHUNK_SIZE).view(-1, 1, 1, 1).expand(-1, 1, 1, 1)
+    train, test = tiny_split(images, seed=0)
+    assert len(train) == 8 * CHUNK_SIZE and len(test) == 2 * CHUNK_SIZE
+    chunks = lambda part: {int(v) // CHUNK_SIZE for v in part.flatten()}  # noqa: E731
+    assert not chunks(train) & chunks(test)
+    for chunk in chunks(test):
+        assert sum(int(v) // CHUNK_SIZE == chunk for v in test.flatten()) == CHUNK_SIZE
+
+
+def test_to_size_converts_channels_and_resolution() -> None:
+    grey = torch.full((2, 1, 32, 32), 100, dtype=torch.uint8)
+    rgb = to_size(grey, 16, 3)
+    assert rgb.shape == (2, 3, 16, 16) and (rgb == 100).all()
+    back = to_size(rgb, 16, 1)
+    assert back.shape == (2, 1, 16, 16) and (back == 100).all()
+
+
+def test_supervised_trainer_uses_true_class_nll_and_wrong_class_loss() -> None:
+    glow = _model()
+    base = copy.deepcopy(glow).requires_grad_(False)
+    model = ClassConditionalGlow(glow, n_classes=3)
+    with torch.no_grad():
+        for parameter in model.mean:
+            parameter.normal_(0, 0.5)
+    images, outliers = torch.rand(6, 3, 8, 8) - 0.5, torch.rand(6, 3, 8, 8) - 0.5
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    config = OutlierLossConfig("class", weight=50.0, temperature=20.0)
+    with torch.no_grad():
+        class_lp = model.class_log_densities(images)
+        expected_nll = nll_nats(class_lp[torch.arange(6), labels], 192).mean()
+        expected_wrong = wrong_class_loss(class_lp, base(images)[1].sum(1), labels, 50.0, 20.0)
+        expected_out = outlier_loss(model(outliers)[1][:, 0], base(outliers)[1].sum(1), 50.0, 20.0)
+    trainer = create_trainer(model, torch.optim.Adamax(model.parameters(), lr=1e-3), base_model=base, outlier=config)
+    trainer.run([((images, labels), (outliers, labels))], max_epochs=1)
+    output = trainer.state.output
+    assert output["wrong_class_loss"] == pytest.approx(expected_wrong.item(), rel=1e-5)
+    assert output["loss"] == pytest.approx((expected_nll + expected_wrong + expected_out).item(), rel=1e-5)
