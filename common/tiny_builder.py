@@ -16,7 +16,8 @@ Reproduces the selection of ``invglow/create_tiny.py`` in boschresearch/hierarch
 Output in ``out_dir`` for a subset called ``name`` (read back by
 :func:`common.datasets.tiny_images.read_tiny_subset`):
 
-- ``<name>.npy``: uint8 (N, 3, 32, 32) images, N = n_chunks × chunk_size;
+- ``<name>.npy``: uint8 (N, 3072) records, N = n_chunks × chunk_size, byte for byte as in the binary (each image
+  column-major), so building is a plain copy; the reader views them as (N, 3, 32, 32) without copying;
 - ``<name>_indices.npy``: int64 (N,), the 0-based index of each image in the binary;
 - ``<name>.json``: manifest (count, chunk size, number of chunks, seed, order, source file and its image count,
   exclusion files and how many images they list).
@@ -26,10 +27,10 @@ order in which the original's training code listed its one-file-per-chunk output
 drawing chunks at random, and the order that reads the binary front to back.
 
 While building, the outputs are ``<name>.npy.partial`` and ``<name>_indices.npy.partial``, plus a progress marker
-``<name>.progress.json`` rewritten after every batch of chunks (images flushed first). A re-run that selects the
+``<name>.progress.json`` rewritten after every batch of chunks (after the batch is written). A re-run that selects the
 same images resumes after the last recorded batch. The final names appear only when the subset is complete
-(``os.replace``, manifest last); a complete subset is recognised and not rebuilt. Memory use is one chunk plus
-the dirty pages of one batch, whatever the size of the binary.
+(``os.replace``, manifest last); a complete subset is recognised and not rebuilt. Memory use is one batch buffer
+(``batch_chunks`` chunks), whatever the size of the binary.
 """
 
 from __future__ import annotations
@@ -39,19 +40,17 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from common.datasets.tiny_images import (
     IMAGE_BYTES,
-    IMAGE_SHAPE,
     SUBSET_NAME,
     TINY_IMAGES_COUNT,
     SubsetFiles,
     binary_image_count,
-    column_major_to_nchw,
     read_tiny_subset,
     subset_files,
 )
@@ -175,8 +174,11 @@ def build_tiny_subset(
     if _is_complete(files, indices):
         return files.images
     out_dir.mkdir(parents=True, exist_ok=True)
-    images, first_chunk = _open_partial_images(files, indices, chunk_size)
-    _copy_chunks(binary, starts, images, first_chunk, chunk_size, batch_chunks, _progress_file(files), progress)
+    data_offset, first_chunk = _open_partial_images(files, indices, chunk_size)
+    _copy_chunks(
+        binary, starts, _partial(files.images), data_offset, first_chunk, chunk_size, batch_chunks,
+        _progress_file(files), progress,
+    )  # fmt: skip
     manifest = {
         "count": len(indices),
         "chunk_size": chunk_size,
@@ -188,7 +190,7 @@ def build_tiny_subset(
         "excluded_index_files": [str(path.resolve()) for path in exclude_files],
         "excluded_images": len(excluded),
     }
-    _finalize(files, images, manifest)
+    _finalize(files, manifest)
     return files.images
 
 
@@ -212,8 +214,8 @@ def _is_complete(files: SubsetFiles, indices: np.ndarray) -> bool:
     return True
 
 
-def _open_partial_images(files: SubsetFiles, indices: np.ndarray, chunk_size: int) -> tuple[np.memmap, int]:
-    """The partial images file opened for writing, and the number of chunks already in it.
+def _open_partial_images(files: SubsetFiles, indices: np.ndarray, chunk_size: int) -> tuple[int, int]:
+    """Create (or find) the partial images file: the byte offset of its data, and the chunks already in it.
 
     Resumes when the progress marker and both partial files are intact and select the same ``indices``;
     otherwise starts over (marker removed first, so a crash meanwhile can never resume onto fresh files).
@@ -221,15 +223,15 @@ def _open_partial_images(files: SubsetFiles, indices: np.ndarray, chunk_size: in
     images_done = _recorded_progress(files, indices)
     if images_done is not None:
         logger.info("resuming %s after %d of %d images", files.images, images_done, len(indices))
-        return np.lib.format.open_memmap(_partial(files.images), mode="r+"), images_done // chunk_size
+        return np.load(_partial(files.images), mmap_mode="r").offset, images_done // chunk_size
     _progress_file(files).unlink(missing_ok=True)
     with open(_partial(files.indices), "wb") as handle:
         np.save(handle, indices)
     images = np.lib.format.open_memmap(
-        _partial(files.images), mode="w+", dtype=np.uint8, shape=(len(indices), *IMAGE_SHAPE)
+        _partial(files.images), mode="w+", dtype=np.uint8, shape=(len(indices), IMAGE_BYTES)
     )
     _write_json_atomically(_progress_file(files), {"images_done": 0})
-    return images, 0
+    return images.offset, 0
 
 
 def _recorded_progress(files: SubsetFiles, indices: np.ndarray) -> int | None:
@@ -243,7 +245,7 @@ def _recorded_progress(files: SubsetFiles, indices: np.ndarray) -> int | None:
     if (
         not np.array_equal(recorded, indices)
         or images.dtype != np.uint8
-        or images.shape != (len(indices), *IMAGE_SHAPE)
+        or images.shape != (len(indices), IMAGE_BYTES)
     ):
         return None
     return images_done
@@ -252,48 +254,57 @@ def _recorded_progress(files: SubsetFiles, indices: np.ndarray) -> int | None:
 def _copy_chunks(
     binary: Path,
     starts: np.ndarray,
-    images: np.memmap,
+    target: Path,
+    data_offset: int,
     first_chunk: int,
     chunk_size: int,
     batch_chunks: int,
     progress_file: Path,
     show_progress: bool,
 ) -> None:
-    """Copy chunks ``first_chunk`` onwards into ``images``, recording progress after every batch."""
+    """Copy chunks ``first_chunk`` onwards into ``target``'s data, recording progress after every batch.
+
+    Each batch is read with one ``pread`` per chunk into a reused buffer and written with one ``pwrite``; its
+    progress record follows the write, so a killed build resumes exactly. Nothing is ``fsync``-ed: the kernel
+    writes the pages back on its own (syncing would bound the build by the disk's write speed), which covers
+    an interrupted or killed process but not a power cut in the middle of a build.
+    """
     chunk_bytes = chunk_size * IMAGE_BYTES
-    with (
-        open(binary, "rb") as source,
-        tqdm(
+    buffer = memoryview(bytearray(batch_chunks * chunk_bytes))
+    source, output = os.open(binary, os.O_RDONLY), os.open(target, os.O_WRONLY)
+    try:
+        with tqdm(
             total=len(starts) * chunk_bytes,
             initial=first_chunk * chunk_bytes,
             unit="B",
             unit_scale=True,
-            desc=f"Tiny subset {images.filename}",
+            desc=f"Tiny subset {target.name}",
             disable=not show_progress,
-        ) as bar,
-    ):
-        for batch_start in range(first_chunk, len(starts), batch_chunks):
-            batch_end = min(batch_start + batch_chunks, len(starts))
-            for chunk in range(batch_start, batch_end):
-                raw = _read_images(source, binary, int(starts[chunk]), chunk_size)
-                images[chunk * chunk_size : (chunk + 1) * chunk_size] = column_major_to_nchw(raw)
-                bar.update(chunk_bytes)
-            images.flush()
-            _write_json_atomically(progress_file, {"images_done": batch_end * chunk_size})
+        ) as bar:
+            for batch_start in range(first_chunk, len(starts), batch_chunks):
+                batch_end = min(batch_start + batch_chunks, len(starts))
+                for slot, chunk in enumerate(range(batch_start, batch_end)):
+                    records = buffer[slot * chunk_bytes : (slot + 1) * chunk_bytes]
+                    _read_into(source, binary, int(starts[chunk]), records)
+                written = (batch_end - batch_start) * chunk_bytes
+                if os.pwrite(output, buffer[:written], data_offset + batch_start * chunk_bytes) != written:
+                    raise DataError(target, "short write (is the disk full?)")
+                bar.update(written)
+                _write_json_atomically(progress_file, {"images_done": batch_end * chunk_size})
+    finally:
+        os.close(source)
+        os.close(output)
 
 
-def _read_images(source: BinaryIO, path: Path, first: int, count: int) -> np.ndarray:
-    """Raw records (count, 3072) of images ``first`` onwards, read from the open binary ``source``."""
-    source.seek(first * IMAGE_BYTES)
-    raw = source.read(count * IMAGE_BYTES)
-    if len(raw) != count * IMAGE_BYTES:
-        raise DataError(path, f"ended inside images {first:,}..{first + count - 1:,}: it shrank during the build")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(count, IMAGE_BYTES)
+def _read_into(source: int, path: Path, first: int, records: memoryview) -> None:
+    """Read the raw records of images ``first`` onwards from the binary's descriptor straight into ``records``."""
+    if os.preadv(source, [records], first * IMAGE_BYTES) != records.nbytes:
+        last = first + records.nbytes // IMAGE_BYTES - 1
+        raise DataError(path, f"ended inside images {first:,}..{last:,}: it shrank during the build")
 
 
-def _finalize(files: SubsetFiles, images: np.memmap, manifest: dict[str, Any]) -> None:
+def _finalize(files: SubsetFiles, manifest: dict[str, Any]) -> None:
     """Give the complete partial files their final names, manifest last, and drop the progress marker."""
-    images.flush()
     os.replace(_partial(files.images), files.images)
     os.replace(_partial(files.indices), files.indices)
     _write_json_atomically(files.manifest, manifest)

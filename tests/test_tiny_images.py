@@ -15,7 +15,7 @@ import torch
 
 import folder_locations
 from common import datasets, tiny_builder
-from common.datasets.tiny_images import read_tiny_300k, read_tiny_images, read_tiny_subset
+from common.datasets.tiny_images import column_major_to_nchw, read_tiny_300k, read_tiny_images, read_tiny_subset
 from common.errors import DataError, MissingDataError
 from invglow import create_tiny
 from tests.helpers.write_tiny import (
@@ -142,7 +142,7 @@ def test_built_subset_holds_the_original_selection(binary: Path, cifar_files, tm
     images_path = build(binary, tmp_path, exclude_files=files)
     indices, images = expected_subset(original_selection(N_IMAGES, N_CHUNKS, excluded=excluded))
     assert np.array_equal(np.load(tmp_path / "tiny_subset_indices.npy"), indices)
-    assert np.array_equal(np.load(images_path), images)
+    assert np.array_equal(column_major_to_nchw(np.load(images_path)), images)
     subset = read_tiny_subset(tmp_path, "train")
     assert np.array_equal(subset.images.numpy(), images) and bool((subset.labels == -1).all())
     manifest = json.loads((tmp_path / "tiny_subset.json").read_text())
@@ -183,14 +183,14 @@ def test_interrupted_build_resumes_to_the_uninterrupted_result(
     assert not (tmp_path / "resumed" / "tiny_subset.npy").exists()
     monkeypatch.setattr(tiny_builder, "_write_json_atomically", write_json)
 
-    read_images = tiny_builder._read_images
+    read_into = tiny_builder._read_into
     chunks_read = []
 
     def counting_read(*args):
         chunks_read.append(args[2])
-        return read_images(*args)
+        return read_into(*args)
 
-    monkeypatch.setattr(tiny_builder, "_read_images", counting_read)
+    monkeypatch.setattr(tiny_builder, "_read_into", counting_read)
     build(binary, tmp_path / "resumed")
     assert len(chunks_read) == N_CHUNKS - 2 * BATCH_CHUNKS
     build(binary, tmp_path / "whole")
@@ -213,7 +213,7 @@ def test_partial_build_of_another_selection_starts_over(binary: Path, tmp_path: 
     monkeypatch.undo()
     build(binary, tmp_path, seed=SEED + 1)
     indices, images = expected_subset(original_selection(N_IMAGES, N_CHUNKS, seed=SEED + 1))
-    assert np.array_equal(np.load(tmp_path / "tiny_subset.npy"), images)
+    assert np.array_equal(column_major_to_nchw(np.load(tmp_path / "tiny_subset.npy")), images)
     assert np.array_equal(np.load(tmp_path / "tiny_subset_indices.npy"), indices)
 
 

@@ -107,11 +107,11 @@ def read_tiny_subset(folder: Path, split: str, name: str = SUBSET_NAME) -> Image
     files = subset_files(folder, name)
     if not files.manifest.is_file():
         raise MissingDataError(files.manifest, how_to_get("tiny-images-subset", folder))
-    images = _load_images_npy(files.images, IMAGE_SHAPE, "tiny-images-subset")
+    records = _load_images_npy(files.images, (IMAGE_BYTES,), "tiny-images-subset")
     count = json.loads(files.manifest.read_text())["count"]
-    if len(images) != count:
-        raise DataError(files.images, f"holds {len(images):,} images; its manifest says {count:,}")
-    return ImageSet(torch.from_numpy(images), _ood_labels(count))
+    if len(records) != count:
+        raise DataError(files.images, f"holds {len(records):,} images; its manifest says {count:,}")
+    return ImageSet(torch.from_numpy(column_major_to_nchw(records)), _ood_labels(count))
 
 
 def read_tiny_300k(folder: Path, split: str) -> ImageSet:
@@ -125,7 +125,7 @@ def read_tiny_300k(folder: Path, split: str) -> ImageSet:
     return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2), _ood_labels(len(images)))
 
 
-def _load_images_npy(path: Path, image_shape: tuple[int, int, int], dataset: str) -> np.ndarray:
+def _load_images_npy(path: Path, image_shape: tuple[int, ...], dataset: str) -> np.ndarray:
     """Memory-map (copy-on-write) the .npy file ``path`` of ``dataset``, checking it is uint8 (N, *image_shape)."""
     if not path.is_file():
         raise MissingDataError(path, how_to_get(dataset, path.parent))
@@ -133,7 +133,7 @@ def _load_images_npy(path: Path, image_shape: tuple[int, int, int], dataset: str
         array = np.load(path, mmap_mode="c")
     except (ValueError, OSError) as error:
         raise DataError(path, f"is not a readable .npy file ({error})") from error
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != image_shape:
+    if array.dtype != np.uint8 or array.shape[1:] != image_shape:
         expected = ", ".join(map(str, image_shape))
         raise DataError(path, f"holds {array.dtype} {array.shape}; expected uint8 (N, {expected})")
     return array
