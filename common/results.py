@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.files import write_json_atomically
 
 RESULTS_FILE = "results.json"
 
@@ -73,12 +73,7 @@ def write_results(run_dir: str | Path, record: RunRecord) -> Path:
             {**asdict(row), "ours": _finite_or_none(row.ours), "seeds": list(row.seeds)} for row in record.rows
         ],
     }
-    target = run_dir / RESULTS_FILE
-    with tempfile.NamedTemporaryFile("w", dir=run_dir, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, default=str)
-        temporary = Path(handle.name)
-    os.replace(temporary, target)
-    return target
+    return write_json_atomically(run_dir / RESULTS_FILE, payload)
 
 
 def read_results(path: str | Path) -> RunRecord:

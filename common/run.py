@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import platform
 import random
 import subprocess
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sized
@@ -49,6 +47,7 @@ from ignite.utils import manual_seed
 from torch.utils.data import DistributedSampler
 
 import folder_locations
+from common.files import write_json_atomically
 
 CONFIG_FILE = "config.json"
 
@@ -308,7 +307,7 @@ def save_run_config(run_dir: Path, config: Any) -> Path:
             "git": _git_state(),
             "saved": datetime.now().isoformat(timespec="seconds"),
         }
-        _write_atomically(path, json.dumps(record, indent=2, default=str) + "\n")
+        write_json_atomically(path, record)
     return path
 
 
@@ -336,17 +335,6 @@ def _git_state() -> dict[str, Any] | None:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def resolve_device(name: str | None) -> torch.device:

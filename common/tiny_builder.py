@@ -55,6 +55,7 @@ from common.datasets.tiny_images import (
     subset_files,
 )
 from common.errors import DataError, MissingDataError
+from common.files import write_json_atomically
 
 CHUNK_SIZE = 64
 N_CHUNKS = 24_415
@@ -230,7 +231,7 @@ def _open_partial_images(files: SubsetFiles, indices: np.ndarray, chunk_size: in
     images = np.lib.format.open_memmap(
         _partial(files.images), mode="w+", dtype=np.uint8, shape=(len(indices), IMAGE_BYTES)
     )
-    _write_json_atomically(_progress_file(files), {"images_done": 0})
+    write_json_atomically(_progress_file(files), {"images_done": 0})
     return images.offset, 0
 
 
@@ -290,7 +291,7 @@ def _copy_chunks(
                 if os.pwrite(output, buffer[:written], data_offset + batch_start * chunk_bytes) != written:
                     raise DataError(target, "short write (is the disk full?)")
                 bar.update(written)
-                _write_json_atomically(progress_file, {"images_done": batch_end * chunk_size})
+                write_json_atomically(progress_file, {"images_done": batch_end * chunk_size})
     finally:
         os.close(source)
         os.close(output)
@@ -307,14 +308,8 @@ def _finalize(files: SubsetFiles, manifest: dict[str, Any]) -> None:
     """Give the complete partial files their final names, manifest last, and drop the progress marker."""
     os.replace(_partial(files.images), files.images)
     os.replace(_partial(files.indices), files.indices)
-    _write_json_atomically(files.manifest, manifest)
+    write_json_atomically(files.manifest, manifest)
     _progress_file(files).unlink()
-
-
-def _write_json_atomically(path: Path, content: dict[str, Any]) -> None:
-    temporary = _partial(path)
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def _partial(path: Path) -> Path:

@@ -9,10 +9,8 @@ gives the AUROC per OOD set (mean and SEM over seeds).
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from ignite.handlers import CosineAnnealingScheduler
 from torch.optim import Adam
 
+from common.files import write_json_atomically
 from common.handlers import latest_checkpoint, log_histogram, log_pr_curve, setup_handlers
 from common.papers import Experiment, Paper, RunOptions, register_paper
 from common.results import ResultRow
@@ -77,7 +76,7 @@ def train_and_evaluate(
     device = resolve_device(options.device)
     with torch_threads(train.cpu_threads if device.type == "cpu" else None):
         result = _train_and_evaluate(method, dataset, train, seed, folder, options, device, cache)
-    _write_json(result_path, result)
+    write_json_atomically(result_path, result)
     return result
 
 
@@ -172,12 +171,6 @@ def log_test_extras(
         points = torch.cat([points, centers.centers.detach().cpu()])
         tags += [f"center {j}" for j in range(len(centers.centers))]
     tb_logger.writer.add_embedding(points.float(), metadata=tags, tag="test embedding", global_step=step)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
 
 
 def _mean_and_sem(values: Sequence[float]) -> tuple[float, float | None]:

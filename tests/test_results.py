@@ -58,3 +58,18 @@ def test_reading_a_foreign_file_names_it(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"results\.json"):
         read_results(path)
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    from common import files
+
+    target = files.write_json_atomically(tmp_path / "state.json", {"step": 1})
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_json_atomically(target, {"step": 2})
+    assert json.loads(target.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

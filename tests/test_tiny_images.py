@@ -166,7 +166,7 @@ def test_interrupted_build_resumes_to_the_uninterrupted_result(
     class Interrupted(Exception):
         pass
 
-    write_json = tiny_builder._write_json_atomically
+    write_json = tiny_builder.write_json_atomically
     progress_records = []
 
     def interrupt_after_two_batches(path: Path, content: dict) -> None:
@@ -176,12 +176,12 @@ def test_interrupted_build_resumes_to_the_uninterrupted_result(
             if len(progress_records) == 3:  # the initial record, then two batches
                 raise Interrupted
 
-    monkeypatch.setattr(tiny_builder, "_write_json_atomically", interrupt_after_two_batches)
+    monkeypatch.setattr(tiny_builder, "write_json_atomically", interrupt_after_two_batches)
     with pytest.raises(Interrupted):
         build(binary, tmp_path / "resumed")
     assert progress_records == [0, 64 * BATCH_CHUNKS, 2 * 64 * BATCH_CHUNKS]
     assert not (tmp_path / "resumed" / "tiny_subset.npy").exists()
-    monkeypatch.setattr(tiny_builder, "_write_json_atomically", write_json)
+    monkeypatch.setattr(tiny_builder, "write_json_atomically", write_json)
 
     read_into = tiny_builder._read_into
     chunks_read = []
