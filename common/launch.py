@@ -43,7 +43,15 @@ def launch(
     if backend is not None and nproc_per_node is not None:
         spawn = {"nproc_per_node": nproc_per_node, "master_port": int(os.environ.get("MASTER_PORT") or free_port())}
     with idist.Parallel(backend=backend, **spawn) as parallel:
-        parallel.run(training_fn, config)
+        parallel.run(_run_and_wait_for_every_rank, training_fn, config)
+
+
+def _run_and_wait_for_every_rank(local_rank: int, training_fn: Callable[[int, Any], None], config: Any) -> None:
+    """Run ``training_fn``, then wait at a barrier: a rank that left the process group while another still
+    used it (rank 0 saving a last checkpoint, say) made gloo abort the process with SIGABRT."""
+    training_fn(local_rank, config)
+    if idist.get_world_size() > 1:
+        idist.barrier()
 
 
 def _check_arguments(nproc_per_node: int | None, backend: str | None) -> None:
