@@ -9,6 +9,7 @@ Checkpoints hold everything a run needs to continue exactly where it stopped, ev
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -84,6 +85,16 @@ def output_scalars(output: Any) -> dict[str, float]:
     raise TypeError(f"a training step must return a number or a mapping of numbers, got {type(output).__name__}")
 
 
+def open_tensorboard(run_dir: Path) -> TensorboardLogger:
+    """Ignite's ``TensorboardLogger`` (which writes with tensorboardX) on ``run_dir``.
+
+    Tags may hold spaces (OOD set names such as "Held-out digits 6-9"): tensorboardX replaces them with ``_``
+    and would log one line per scalar saying so, which buries a run's output; that message is silenced.
+    """
+    logging.getLogger("tensorboardX.summary").setLevel(logging.WARNING)
+    return TensorboardLogger(log_dir=str(run_dir))
+
+
 def setup_tensorboard(
     run_dir: Path,
     trainer: Engine,
@@ -101,7 +112,7 @@ def setup_tensorboard(
     """
     if idist.get_rank() != 0:
         return None
-    tb_logger = TensorboardLogger(log_dir=str(run_dir))
+    tb_logger = open_tensorboard(run_dir)
     counted = [SKIPPED_STEPS] if SKIPPED_STEPS in trainer.state_dict_user_keys else None
     every = Events.ITERATION_COMPLETED(every=log_every)
     tb_logger.attach_output_handler(
