@@ -33,7 +33,10 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
     resumed = resumed_run_dir(options.resume) if options.resume else None
     if resumed is not None and not experiments:
         experiments = [resumed.parent.name]  # runs live in <paper>/<experiment>/<run>/
-    chosen = [paper.experiment(e) for e in experiments] if experiments else list(paper.experiments)
+    if experiments:
+        chosen = [paper.experiment(e) for e in experiments]
+    else:  # all of the paper's experiments that exist at this scale
+        chosen = [e for e in paper.experiments if options.scale in e.scales]
     if resumed is not None and len(chosen) != 1:
         raise ValueError(f"--resume continues one run, {resumed}; name one experiment, not {len(chosen)}")
     rows: list[ResultRow] = []

@@ -27,7 +27,10 @@ def toy_paper(no_papers):
         (run_dir / "marker.txt").write_text("written by the experiment")
         return [ResultRow("toy", "Table 1", "method", "AUROC", 91.0, paper_value=90.0, scale=options.scale)]
 
-    papers.register_paper(Paper("toy", "Toy et al. 2024", (Experiment("table1", table1, "the toy table"),)))
+    paper_only = Experiment("table9", table1, "needs the real data", scales=("paper",))
+    papers.register_paper(
+        Paper("toy", "Toy et al. 2024", (Experiment("table1", table1, "the toy table"), paper_only))
+    )
     return calls
 
 
@@ -55,16 +58,18 @@ def test_running_a_paper_writes_results_and_prints_the_table(toy_paper, tmp_path
     assert "| method | AUROC | 90.00 | 91.00 |" in capsys.readouterr().out
 
 
-def test_default_command_runs_every_paper(toy_paper, tmp_path, monkeypatch):
+def test_default_command_runs_every_paper_at_the_demo_scale(toy_paper, tmp_path, monkeypatch):
     monkeypatch.setenv("OOD_REPRO_RUNS", str(tmp_path))
     assert main.main([]) == 0
-    assert len(toy_paper) == 1
+    assert len(toy_paper) == 1, "the paper-only experiment is left out at the demo scale"
     assert list(tmp_path.glob("toy/table1/*/results.json"))
+    with pytest.raises(ValueError, match="toy/table9 has no 'demo' scale"):
+        main.main(["toy", "table9"])
 
 
 def test_unknown_names_give_clear_errors(toy_paper, capsys):
-    with pytest.raises(KeyError, match="no experiment 'table9'; experiments: table1"):
-        main.run_paper("toy", ["table9"])
+    with pytest.raises(KeyError, match="no experiment 'table7'; experiments: table1, table9"):
+        main.run_paper("toy", ["table7"])
     with pytest.raises(KeyError, match="unknown paper 'nope'; registered papers: toy"):
         main.run_paper("nope")
     with pytest.raises(SystemExit):
