@@ -20,8 +20,9 @@ class GaussianADConfig:
         synthetic: use the generated MVTec-layout dataset (:mod:`gaussian_ad.synthetic_mvtec`) instead of MVTec AD.
         architecture: backbone of Tables I, III and V (Sec. IV-A: EfficientNet-B4); ``resnet18`` / ``resnet34`` /
             ``resnet50`` (:mod:`gaussian_ad.resnet`, levels L1..L5) are accepted too.
-        architectures: backbones of Table II (B0–B7); ``("resnet18", "resnet34", "resnet50")`` gives the original
-            code's Table VII (ResNet levels L1..L5 and sum, no augmentation).
+        architectures: backbones of Table II (B0–B7).
+        resnet_architectures: backbones of Table VII (ResNet levels L1..L5 and sum, no augmentation; paper scale
+            only: their ImageNet weights are downloaded from torchvision's release).
         working_point_architectures: backbones of Table IV (B0 with PCA / none / NPCA, B4 without reduction).
         working_point_level: the single level of Table IV, paper numbering (L7 = code index 6, note §2.5).
         padding: efficientnet_pytorch padding semantics, None = the backbone's default (0.6.3 for B0–B7).
@@ -42,6 +43,7 @@ class GaussianADConfig:
     synthetic: bool = False
     architecture: str = "efficientnet-b4"
     architectures: tuple[str, ...] = tuple(f"efficientnet-b{i}" for i in range(8))
+    resnet_architectures: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
     working_point_architectures: tuple[str, ...] = ("efficientnet-b0", "efficientnet-b4")
     working_point_level: int = 7
     padding: str | None = None

@@ -286,11 +286,16 @@ def table1(context: _Context) -> list[ResultRow]:
 
 def table2(context: _Context) -> list[ResultRow]:
     """Table II: MVG per level and sum for each backbone (B0–B7; demo: Lite0)."""
-    return [
-        row
-        for arch in context.config.architectures
-        for row in level_table(context, "table2", arch, (Variant("mvg"),), (arch,))
-    ]
+    return _per_backbone_table(context, "table2", context.config.architectures)
+
+
+def table7(context: _Context) -> list[ResultRow]:
+    """Table VII: MVG per level (L1..L5) and sum for ResNet-18/34/50."""
+    return _per_backbone_table(context, "table7", context.config.resnet_architectures)
+
+
+def _per_backbone_table(context: _Context, table: str, architectures: tuple[str, ...]) -> list[ResultRow]:
+    return [row for arch in architectures for row in level_table(context, table, arch, (Variant("mvg"),), (arch,))]
 
 
 def table3(context: _Context) -> list[ResultRow]:
@@ -364,6 +369,11 @@ def run_table2(options: RunOptions, run_dir: Path) -> list[ResultRow]:
     return _run(table2, options, run_dir)
 
 
+def run_table7(options: RunOptions, run_dir: Path) -> list[ResultRow]:
+    """Experiment entry of Table VII (paper scale)."""
+    return _run(table7, options, run_dir)
+
+
 def run_table3(options: RunOptions, run_dir: Path) -> list[ResultRow]:
     """Experiment entry of Table III."""
     return _run(table3, options, run_dir)
@@ -390,6 +400,7 @@ register_paper(
             Experiment("table3", run_table3, "PCA / NPCA variance thresholds per level + sum"),
             Experiment("table4", run_table4, "chi-square working points of L7: FPR / TPR at 1-5 sigma"),
             Experiment("table5", run_table5, "per category with augmentation: MVG and NPCA 0.99 (Tables V/VIII)"),
+            Experiment("table7", run_table7, "ResNet-18/34/50, MVG per level + sum", scales=("paper",)),
         ),
     )
 )

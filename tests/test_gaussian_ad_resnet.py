@@ -174,3 +174,21 @@ def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.Monk
         experiments.run_folds(features, Variant("mvg"), tiny, (6,))
     assert isinstance(experiments.backbone("resnet18", None), ResNetFeatures)
     assert experiments.resolution("resnet18") == 224
+
+
+def test_table7_is_a_paper_scale_experiment_over_the_resnets(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "resnet18-synthetic.pth"
+    torch.save(_torchvision_state("resnet18", torch.Generator().manual_seed(3)), path)
+    monkeypatch.setattr(experiments, "pretrained_resnet", lambda name: pretrained_resnet(name, path))
+    monkeypatch.setattr(experiments, "_BACKBONES", {})
+    monkeypatch.setattr(experiments, "_FEATURES", {})
+    tiny = dataclasses.replace(
+        CONFIGS["demo"], resnet_architectures=("resnet18",), categories=("grid",), n_train=5, n_test_good=2,
+        n_test_defect=2,
+    )  # fmt: skip
+    monkeypatch.setitem(CONFIGS, "paper", tiny)
+    monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
+    paper = main.discover_papers()["gaussian_ad"]
+    assert paper.experiment("table7").scales == ("paper",)
+    rows = main.run_paper("gaussian_ad", ["table7"], RunOptions(scale="paper", output=tmp_path, progress=False))
+    assert [(r.row, r.column) for r in rows] == [(level, "resnet18") for level in ("L1", "L2", "L3", "L4", "L5", "sum")]
