@@ -279,3 +279,11 @@ def test_mvtec_mask_of_wrong_size_and_unreadable_image_are_data_errors(tmp_path:
     write_garbage(tmp_path / "mvtec" / "tile" / "train" / "good" / "001.png")
     with pytest.raises(DataError, match=re.escape("001.png")):
         load("mvtec", "train", root=tmp_path, category="tile")
+
+
+def test_mvtec_images_of_mixed_sizes_are_a_data_error_unless_resized(tmp_path: Path) -> None:
+    write_mvtec_category(tmp_path, "screw", train_good=2, size=(40, 48))
+    write_image(tmp_path / "mvtec" / "screw" / "train" / "good" / "002.png", np.zeros((30, 30, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"mvtec/screw/train.*\(30, 30, 3\)"):
+        read_mvtec(tmp_path / "mvtec", "screw", "train")
+    assert read_mvtec(tmp_path / "mvtec", "screw", "train", size=16).images.shape == (3, 3, 16, 16)
