@@ -54,6 +54,17 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+def mean_and_sem(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and standard error of the mean (ddof 1, as pandas' ``sem``); the SEM is None for a single value."""
+    if len(values) == 0:
+        raise ValueError("values: nothing to average")
+    mean = math.fsum(values) / len(values)
+    if len(values) == 1:
+        return mean, None
+    variance = math.fsum((value - mean) ** 2 for value in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
 def _finite_or_none(value: float | None) -> float | None:
     if value is None:
         return None

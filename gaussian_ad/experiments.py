@@ -27,7 +27,7 @@ import folder_locations
 from common.datasets.mvtec import read_mvtec
 from common.handlers import log_histogram, open_tensorboard
 from common.papers import Experiment, Paper, RunOptions, register_paper
-from common.results import ResultRow
+from common.results import ResultRow, mean_and_sem
 from common.run import resolve_device, save_run_config
 from gaussian_ad.augment import Switches, augment
 from gaussian_ad.backbones import ARCHITECTURES, pretrained_features
@@ -41,7 +41,6 @@ from gaussian_ad.protocol import (
     auroc,
     evaluate_fold,
     fold_train_indices,
-    mean_and_sem,
     working_points,
 )
 from gaussian_ad.resnet import RESNETS, pretrained_resnet

@@ -130,12 +130,3 @@ def working_points(
         flagged = distances > chi2_threshold(n, dof)
         points[n] = (float(flagged[~defective].double().mean()), float(flagged[defective].double().mean()))
     return points
-
-
-def mean_and_sem(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and standard error (ddof 1) across categories; the SEM is None for a single value."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.size == 0:
-        raise ValueError("values: nothing to average")
-    sem = float(array.std(ddof=1) / math.sqrt(array.size)) if array.size > 1 else None
-    return float(array.mean()), sem

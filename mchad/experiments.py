@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch.optim import Adam
 from common.files import write_json_atomically
 from common.handlers import latest_checkpoint, log_histogram, log_pr_curve, setup_handlers
 from common.papers import Experiment, Paper, RunOptions, register_paper
-from common.results import ResultRow
+from common.results import ResultRow, mean_and_sem
 from common.run import resolve_device, save_run_config, seed_everything, torch_threads
 from mchad import paper
 from mchad.config import SETTINGS, DatasetConfig, MethodConfig, TrainConfig, with_epochs
@@ -173,12 +172,6 @@ def log_test_extras(
     tb_logger.writer.add_embedding(points.float(), metadata=tags, tag="test embedding", global_step=step)
 
 
-def _mean_and_sem(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and pandas' ``sem`` (ddof 1); None when there is a single value."""
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None)
-
-
 def table_rows(
     dataset: DatasetConfig,
     method: MethodConfig,
@@ -196,7 +189,7 @@ def table_rows(
         columns = {"Accuracy": [accuracy for accuracy, _ in per_row]}
         columns |= {column: [cells[column] for _, cells in per_row] for column in COLUMN_KEYS}
         for column, values in columns.items():
-            mean, sem = _mean_and_sem(values)
+            mean, sem = mean_and_sem(values)
             value = paper.paper_value(analogue, method.name, column)
             rows.append(
                 ResultRow(
@@ -204,7 +197,7 @@ def table_rows(
                 )
             )
         for name, _ in dataset.ood_sets:
-            mean, sem = _mean_and_sem([result["scores"][kind][name]["AUROC"] for result in results])
+            mean, sem = mean_and_sem([result["scores"][kind][name]["AUROC"] for result in results])
             value = paper.paper_per_set_auroc(dataset.name, method.name, name)
             rows.append(
                 ResultRow(

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.stats import sem as scipy_sem
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
 
@@ -27,7 +26,6 @@ from gaussian_ad.protocol import (
     evaluate_fold,
     fold_train_indices,
     fold_training_features,
-    mean_and_sem,
     working_points,
 )
 from gaussian_ad.synthetic_mvtec import DEFECTS, write_synthetic_mvtec
@@ -44,13 +42,6 @@ def test_folds_are_sklearn_kfold_over_sorted_indices() -> None:
     assert {len(f) for f in folds} == {18, 19}
     with pytest.raises(ValueError, match="4 training images are too few for 5 folds"):
         fold_train_indices(4)
-
-
-def test_mean_and_sem_across_categories() -> None:
-    values = [0.9, 0.8, 0.95, 0.7]
-    mean, sem = mean_and_sem(values)
-    assert mean == pytest.approx(np.mean(values)) and sem == pytest.approx(scipy_sem(values, ddof=1))
-    assert mean_and_sem([0.5]) == (0.5, None)
 
 
 def test_working_points_hand_case() -> None:

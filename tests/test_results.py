@@ -73,3 +73,16 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
         files.write_json_atomically(target, {"step": 2})
     assert json.loads(target.read_text()) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_mean_and_sem_equals_scipy_and_handles_one_value():
+    from scipy.stats import sem
+
+    from common.results import mean_and_sem
+
+    values = [0.9, 0.8, 0.95, 0.7]
+    mean, spread = mean_and_sem(values)
+    assert mean == pytest.approx(sum(values) / 4) and spread == pytest.approx(sem(values, ddof=1))
+    assert mean_and_sem([0.5]) == (0.5, None)
+    with pytest.raises(ValueError, match="nothing to average"):
+        mean_and_sem([])
