@@ -114,11 +114,9 @@ def create_trainer(
         finite_step(engine, loss.total, optimizer)
         known = labels >= 0
         correct = predict(output, method.predict_by)[known] == labels[known]
-        return {
-            "loss": loss.total.item(),
-            **{name: value.item() for name, value in loss.terms.items()},
-            "accuracy": correct.float().mean().item(),
-        }
+        logged = {"loss": loss.total, **loss.terms, "accuracy": correct.float().mean()}
+        values = torch.stack([value.detach().float() for value in logged.values()]).tolist()  # one host sync
+        return dict(zip(logged, values, strict=True))
 
     trainer = Engine(step)
     if method.kind == "ii":

@@ -83,7 +83,8 @@ def create_trainer(
         terms = memae_loss(images, reconstruction, out.attention, entropy_weight)
         terms.total.backward()
         finite_step(engine, terms.total, optimizer)
-        return {"loss": terms.total.item(), "mse": terms.reconstruction.item(), "entropy": terms.entropy.item()}
+        values = torch.stack([terms.total, terms.reconstruction, terms.entropy]).detach().tolist()  # one host sync
+        return dict(zip(("loss", "mse", "entropy"), values, strict=True))
 
     trainer = Engine(step)
     count_skipped_steps(trainer)
