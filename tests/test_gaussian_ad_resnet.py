@@ -151,12 +151,17 @@ def test_bad_weight_files_and_names(tmp_path, monkeypatch: pytest.MonkeyPatch) -
         experiments.resolution("resnet101")
 
 
-def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def synthetic_resnet18(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experiments build resnet18 from a random state dict with torchvision's keys; caches start empty."""
     path = tmp_path / "resnet18-synthetic.pth"
     torch.save(_torchvision_state("resnet18", torch.Generator().manual_seed(2)), path)
     monkeypatch.setattr(experiments, "pretrained_resnet", lambda name: pretrained_resnet(name, path))
     monkeypatch.setattr(experiments, "_BACKBONES", {})
     monkeypatch.setattr(experiments, "_FEATURES", {})
+
+
+def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.MonkeyPatch, synthetic_resnet18) -> None:
     tiny = dataclasses.replace(
         CONFIGS["demo"], architecture="resnet18", categories=("grid",), n_train=5, n_test_good=2, n_test_defect=2
     )
@@ -176,12 +181,9 @@ def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.Monk
     assert experiments.resolution("resnet18") == 224
 
 
-def test_table7_is_a_paper_scale_experiment_over_the_resnets(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "resnet18-synthetic.pth"
-    torch.save(_torchvision_state("resnet18", torch.Generator().manual_seed(3)), path)
-    monkeypatch.setattr(experiments, "pretrained_resnet", lambda name: pretrained_resnet(name, path))
-    monkeypatch.setattr(experiments, "_BACKBONES", {})
-    monkeypatch.setattr(experiments, "_FEATURES", {})
+def test_table7_is_a_paper_scale_experiment_over_the_resnets(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, synthetic_resnet18
+) -> None:
     tiny = dataclasses.replace(
         CONFIGS["demo"], resnet_architectures=("resnet18",), categories=("grid",), n_train=5, n_test_good=2,
         n_test_defect=2,
