@@ -150,6 +150,27 @@ def test_built_subset_holds_the_original_selection(binary: Path, cifar_files, tm
     assert sorted(os.listdir(tmp_path)) == ["tiny_subset.json", "tiny_subset.npy", "tiny_subset_indices.npy"]
 
 
+@pytest.mark.parametrize("n_chunks", [150, 113])
+def test_adjacent_chunks_are_read_together_and_land_in_place(
+    binary: Path, tmp_path: Path, monkeypatch, n_chunks: int
+) -> None:
+    """Every chunk kept (one run per batch) or most kept (runs of mixed lengths): same bytes as chunk by chunk."""
+    read_into, reads = tiny_builder._read_into, []
+
+    def recording_read(source, path, first, records):
+        reads.append(records.nbytes // (64 * 3072))
+        return read_into(source, path, first, records)
+
+    monkeypatch.setattr(tiny_builder, "_read_into", recording_read)
+    images_path = build(binary, tmp_path, n_chunks=n_chunks)
+    indices, images = expected_subset(original_selection(N_IMAGES, n_chunks))
+    assert np.array_equal(np.load(tmp_path / "tiny_subset_indices.npy"), indices)
+    assert np.array_equal(column_major_to_nchw(np.load(images_path)), images)
+    assert sum(reads) == n_chunks and max(reads) == BATCH_CHUNKS
+    if n_chunks == 150:
+        assert reads == [BATCH_CHUNKS] * (150 // BATCH_CHUNKS) + [150 % BATCH_CHUNKS]
+
+
 def test_builder_rejects_truncated_or_small_binaries(binary: Path, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.bin"
     truncated.write_bytes(binary.read_bytes()[:-100])
@@ -184,24 +205,24 @@ def test_interrupted_build_resumes_to_the_uninterrupted_result(
     monkeypatch.setattr(tiny_builder, "write_json_atomically", write_json)
 
     read_into = tiny_builder._read_into
-    chunks_read = []
+    images_read = []
 
-    def counting_read(*args):
-        chunks_read.append(args[2])
-        return read_into(*args)
+    def counting_read(source, path, first, records):
+        images_read.extend(range(first, first + records.nbytes // 3072))
+        return read_into(source, path, first, records)
 
     monkeypatch.setattr(tiny_builder, "_read_into", counting_read)
     build(binary, tmp_path / "resumed")
-    assert len(chunks_read) == N_CHUNKS - 2 * BATCH_CHUNKS
+    assert len(images_read) == len(set(images_read)) == 64 * (N_CHUNKS - 2 * BATCH_CHUNKS)
     build(binary, tmp_path / "whole")
     for name in ["tiny_subset.npy", "tiny_subset_indices.npy"]:
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
     assert sorted(os.listdir(tmp_path / "resumed")) == sorted(os.listdir(tmp_path / "whole"))
     assert len(os.listdir(tmp_path / "resumed")) == 3
 
-    chunks_read.clear()
+    images_read.clear()
     assert build(binary, tmp_path / "resumed") == tmp_path / "resumed" / "tiny_subset.npy"
-    assert chunks_read == []  # complete: recognised, not rebuilt
+    assert images_read == []  # complete: recognised, not rebuilt
     with pytest.raises(DataError, match=r"tiny_subset\.json: describes a different subset"):
         build(binary, tmp_path / "resumed", n_chunks=N_CHUNKS - 1)
 
