@@ -9,7 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from invglow.flows import ActNorm, AffineCoupling, FixedOrthogonal, FlowStep, InvConv1x1, Squeeze
+from invglow.flows import (
+    ActNorm,
+    AffineCoupling,
+    FixedOrthogonal,
+    FlowStep,
+    InvConv1x1,
+    Squeeze,
+    ZeroConv2d,
+    conv_then_actnorm,
+)
 from invglow.models import (
     ClassConditionalGlow,
     Glow,
@@ -138,6 +147,44 @@ def test_coupling_scale_is_sigmoid_of_h_plus_two_at_init() -> None:
     assert torch.allclose(y[:, 2:], x[:, 2:] * scale)  # zero-initialised net: shift 0, raw 0
     assert torch.allclose(y[:, :2], x[:, :2])
     assert torch.allclose(logdet, torch.full((3,), 8 * math.log(scale)))
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_folded_conv_actnorm_equals_conv_then_actnorm(kernel: int) -> None:
+    """The coupling net's fused convolutions give the unfused values and gradients (ActNorm and zero-conv scale)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, kernel, padding=kernel // 2, bias=False)
+    norm = ActNorm((10, 1, 1))
+    norm.initialize(conv(torch.randn(16, 6, 5, 5)).detach())
+    with torch.no_grad():
+        norm.log_scale.add_(0.3 * torch.randn_like(norm.log_scale))
+        norm.bias.add_(torch.randn_like(norm.bias))
+    x = torch.randn(4, 6, 5, 5, requires_grad=True)
+    fused, plain = conv_then_actnorm(x, conv, norm), norm(conv(x))[0]
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(plain)
+    parameters = [x, conv.weight, norm.bias, norm.log_scale]
+    for ours, reference in zip(
+        torch.autograd.grad((fused * weights).sum(), parameters),
+        torch.autograd.grad((plain * weights).sum(), parameters),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+
+    zero = ZeroConv2d(6, 4)
+    with torch.no_grad():
+        for parameter in zero.parameters():
+            parameter.copy_(0.2 * torch.randn_like(parameter))
+    expected = zero.conv(x) * torch.exp(3 * zero.logs)
+    torch.testing.assert_close(zero(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_folded_conv_actnorm_initialises_an_uninitialised_norm() -> None:
+    conv, norm = nn.Conv2d(3, 8, 3, padding=1, bias=False), ActNorm((8, 1, 1))
+    y = conv_then_actnorm(torch.randn(32, 3, 6, 6), conv, norm)
+    assert bool(norm.initialized)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std((0, 2, 3), unbiased=False), torch.ones(8), atol=1e-4, rtol=0)
 
 
 def test_squeeze_channel_order_is_4c_plus_2dy_plus_dx() -> None:
