@@ -9,6 +9,7 @@ Glow L = 3 × K = 32, 512 hidden, affine coupling, LU 1×1 convs; Adamax(5e-4, w
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from invglow.flows import CouplingKind
 
@@ -38,6 +39,9 @@ class GlowConfig:
     dense: bool = False
 
 
+NonFiniteExamples = Literal["recompute", "skip_step"]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training stage (pretraining on Tiny or finetuning), reference note §3.
@@ -53,6 +57,10 @@ class TrainConfig:
         translate_pixels: random translation of up to ±0.1 · 32 ≈ 3 pixels (RandomAffine(translate=0.1)).
         outlier_weight: λ = 6000 of the outlier loss (per-image nats).
         outlier_temperature: T = 1000 of the outlier loss.
+        non_finite_examples: what a batch with some non-finite log-likelihoods does: ``"recompute"`` (the original
+            code, ``BaseFineIndependent.get_nlls``): forward again on the finite examples while more than a quarter
+            of the batch is left; ``"skip_step"``: the step's loss is non-finite and the whole step is skipped.
+            Either way a step whose loss or gradients are still non-finite is skipped and counted.
     """
 
     epochs: int = 250
@@ -64,6 +72,7 @@ class TrainConfig:
     translate_pixels: int = 3
     outlier_weight: float = 6000.0
     outlier_temperature: float = 1000.0
+    non_finite_examples: NonFiniteExamples = "recompute"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Eq. 2 loss (``"class"``) or the margin loss; steps with non-finite loss or gradi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from ignite.handlers import TensorboardLogger
 
 from common.handlers import count_skipped_steps, finite_step, log_histogram, log_images
 from common.transforms import BatchPipeline, bin_centres, dequantize, random_crop, random_horizontal_flip
+from invglow.config import NonFiniteExamples
 from invglow.losses import bits_per_dim, margin_loss, nll_nats, outlier_loss, wrong_class_loss
 from invglow.models import ClassConditionalGlow, Glow
 from invglow.scores import SCORE_KINDS, anomaly_scores, evaluate_sets
@@ -69,45 +71,74 @@ def create_trainer(
     *,
     base_model: Glow | None = None,
     outlier: OutlierLossConfig | None = None,
+    non_finite_examples: NonFiniteExamples = "recompute",
 ) -> Engine:
     """Training engine; batches are ``(images, labels)``, or ``((images, labels), (outliers, _))`` with ``outlier``.
 
     With a :class:`~invglow.models.ClassConditionalGlow` (supervised variant) the NLL is that of the true class,
     and the 'class' outlier loss adds :func:`~invglow.losses.wrong_class_loss` on the other classes; the outlier
-    batch is scored with the class-marginal density.
+    batch is scored with the class-marginal density. ``non_finite_examples`` (see
+    :class:`~invglow.config.TrainConfig`): ``"recompute"`` drops examples with non-finite log-likelihoods and
+    recomputes the batch (:func:`forward_on_finite_examples`), ``"skip_step"`` leaves them to the step skip.
 
-    Returns per step ``loss`` (total), ``bpd`` (in-distribution batch), and with an outlier loss ``outlier_loss``
-    (and ``wrong_class_loss`` for the supervised variant).
+    Returns per step ``loss`` (total), ``bpd`` (in-distribution batch), ``non_finite_examples`` (examples dropped
+    from both batches), and with an outlier loss ``outlier_loss`` (and ``wrong_class_loss`` for the supervised
+    variant).
     """
     if outlier is not None and outlier.kind == "class" and base_model is None:
         raise ValueError("outlier: the 'class' outlier loss needs base_model, the general (Tiny) model")
+    if non_finite_examples not in ("recompute", "skip_step"):
+        raise ValueError(f"non_finite_examples: expected 'recompute' or 'skip_step', got {non_finite_examples!r}")
     n_dims = model.n_dims
+    recompute = non_finite_examples == "recompute"
+    supervised_class_loss = isinstance(model, ClassConditionalGlow) and outlier is not None and outlier.kind == "class"
+
+    def base_log_density(images: torch.Tensor) -> torch.Tensor:
+        base_model.eval()  # type: ignore[union-attr]  # create_trainer checked it is given where needed
+        with torch.no_grad():
+            return base_model(images)[1].sum(1)  # type: ignore[misc]
+
+    def inlier_forward(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """log p(x) (true class), log p(x | c) per class (supervised), base log p (for the wrong-class loss)."""
+        if isinstance(model, ClassConditionalGlow):
+            class_log_densities = model.class_log_densities(images)
+            log_density = class_log_densities.gather(1, labels[:, None]).squeeze(1)
+        else:
+            class_log_densities, log_density = None, model(images)[1].sum(1)
+        return log_density, class_log_densities, base_log_density(images) if supervised_class_loss else None
+
+    def outlier_forward(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """log p of the trained model, and of the base model for the 'class' outlier loss."""
+        class_loss = outlier is not None and outlier.kind == "class"
+        return model(images)[1].sum(1), base_log_density(images) if class_loss else None
 
     def step(engine: Engine, batch: Any) -> dict[str, float]:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         (images, labels), outliers = (batch, None) if outlier is None else batch
-        if isinstance(model, ClassConditionalGlow):
-            class_log_densities = model.class_log_densities(images)
-            log_density = class_log_densities.gather(1, labels[:, None]).squeeze(1)  # log p(x | y), the true class
-        else:
-            log_density = model(images)[1].sum(1)
+        (log_density, class_log_densities, base_in), labels = forward_on_finite_examples(
+            inlier_forward, images, labels, recompute
+        )
+        dropped = len(images) - len(labels)
         nll = nll_nats(log_density, n_dims)
         loss = nll.mean()
         output = {"bpd": float(bits_per_dim(log_density.detach(), n_dims).mean())}
-        if isinstance(model, ClassConditionalGlow) and outlier is not None and outlier.kind == "class":
-            with torch.no_grad():
-                base_lp = base_model.eval()(images)[1].sum(1)  # type: ignore[union-attr]
-            wrong = wrong_class_loss(class_log_densities, base_lp, labels, outlier.weight, outlier.temperature)
+        if supervised_class_loss:
+            wrong = wrong_class_loss(class_log_densities, base_in, labels, outlier.weight, outlier.temperature)
             loss = loss + wrong
             output["wrong_class_loss"] = float(wrong.detach())
         if outlier is not None:
-            extra = _outlier_term(model, base_model, outliers[0], nll, outlier)
+            (log_density_out, base_out), kept = forward_on_finite_examples(
+                outlier_forward, outliers[0], outliers[1], recompute
+            )
+            dropped += len(outliers[0]) - len(kept)
+            extra = _outlier_term(log_density_out, base_out, nll, n_dims, outlier)
             loss = loss + extra
             output["outlier_loss"] = float(extra.detach())
         loss.backward()
         finite_step(engine, loss, optimizer)
         output["loss"] = float(loss.detach())
+        output["non_finite_examples"] = float(dropped)
         return output
 
     trainer = Engine(step)
@@ -115,21 +146,46 @@ def create_trainer(
     return trainer
 
 
+def forward_on_finite_examples(
+    forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor | None, ...]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recompute: bool = True,
+) -> tuple[tuple[torch.Tensor | None, ...], torch.Tensor]:
+    """``forward(images, labels)``, recomputed on the examples whose outputs are all finite (the original's
+    ``BaseFineIndependent.get_nlls``, reference note §3).
+
+    While some example has a non-finite output (a row of any returned tensor; None entries are ignored) and more
+    than a quarter of the current batch is finite, ``forward`` runs again on the finite examples only, so that the
+    loss and gradients come from them alone. With fewer finite examples, or ``recompute=False``, the outputs are
+    returned as they are (the step is then skipped by :func:`common.handlers.finite_step`).
+
+    Returns:
+        The outputs of the last forward, and the labels of the examples they belong to.
+    """
+    outputs = forward(images, labels)
+    while recompute:
+        rows = [output.detach().reshape(len(output), -1).sum(1) for output in outputs if output is not None]
+        finite = torch.stack(rows).isfinite().all(0)
+        n_finite = int(finite.sum())
+        if n_finite == len(images) or n_finite <= len(images) // 4:
+            break
+        images, labels = images[finite], labels[finite]
+        outputs = forward(images, labels)
+    return outputs, labels
+
+
 def _outlier_term(
-    model: Glow | ClassConditionalGlow,
-    base_model: Glow | None,
-    outliers: torch.Tensor,
+    log_density_out: torch.Tensor,
+    log_density_base: torch.Tensor | None,
     nll_in: torch.Tensor,
+    n_dims: int,
     config: OutlierLossConfig,
 ) -> torch.Tensor:
-    lp_out = model(outliers)[1].sum(1)
     if config.kind == "margin":
-        margin = float(model.n_dims) if config.margin is None else config.margin
-        return margin_loss(nll_in, nll_nats(lp_out, model.n_dims), margin)
-    base_model.eval()  # type: ignore[union-attr]  # create_trainer checked it is given
-    with torch.no_grad():
-        lp_base = base_model(outliers)[1].sum(1)  # type: ignore[misc]
-    return outlier_loss(lp_out, lp_base, config.weight, config.temperature)
+        margin = float(n_dims) if config.margin is None else config.margin
+        return margin_loss(nll_in, nll_nats(log_density_out, n_dims), margin)
+    return outlier_loss(log_density_out, log_density_base, config.weight, config.temperature)  # type: ignore[arg-type]
 
 
 def create_evaluator(

@@ -15,7 +15,14 @@ from common.handlers import SKIPPED_STEPS
 from common.loaders import TensorBatchLoader
 from common.transforms import bin_centres
 from invglow.data import CHUNK_SIZE, tiny_split, to_size, write_demo_tiny_binary
-from invglow.engine import OutlierLossConfig, create_evaluator, create_trainer, eval_transform, train_transform
+from invglow.engine import (
+    OutlierLossConfig,
+    create_evaluator,
+    create_trainer,
+    eval_transform,
+    forward_on_finite_examples,
+    train_transform,
+)
 from invglow.losses import nll_nats, outlier_loss, wrong_class_loss
 from invglow.models import ClassConditionalGlow, Glow, initialize_actnorms
 from invglow.scores import anomaly_scores, auroc_percent
@@ -58,6 +65,77 @@ def test_trainer_skips_and_counts_non_finite_steps() -> None:
     assert getattr(trainer.state, SKIPPED_STEPS) == 1
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]), name
+
+
+def _step_once(model: Glow, batch: tuple, **options) -> object:
+    trainer = create_trainer(model, torch.optim.Adamax(model.parameters(), lr=1e-2), **options)
+    trainer.run([batch], max_epochs=1)
+    return trainer.state
+
+
+@pytest.mark.parametrize("with_outliers", [False, True])
+def test_non_finite_examples_are_dropped_and_the_batch_recomputed(with_outliers: bool) -> None:
+    """The step equals a step on the finite examples alone (the original's get_nlls), inliers and outliers."""
+    generator = torch.Generator().manual_seed(0)
+    images, outliers = torch.rand(8, 3, 8, 8, generator=generator) - 0.5, torch.rand(8, 3, 8, 8, generator=generator)
+    labels = torch.arange(8)
+    bad_in, bad_out = torch.tensor([1, 6]), torch.tensor([0, 2, 3])
+    images_with_nan, outliers_with_nan = images.clone(), outliers.clone() - 0.5
+    images_with_nan[bad_in, 0, 2, 2] = float("nan")
+    outliers_with_nan[bad_out, 1, 0, 0] = float("inf")
+    keep_in, keep_out = ~torch.isin(labels, bad_in), ~torch.isin(labels, bad_out)
+    base = _model(1).requires_grad_(False)
+    options = {"base_model": base, "outlier": OutlierLossConfig("class", 50.0, 20.0)} if with_outliers else {}
+
+    def batch(inliers: torch.Tensor, kept: torch.Tensor, extra: torch.Tensor, extra_kept: torch.Tensor) -> tuple:
+        first = (inliers[kept], labels[kept])
+        return (first, (extra[extra_kept], labels[extra_kept])) if with_outliers else first
+
+    recomputed, reference = _model(), _model()
+    state = _step_once(recomputed, batch(images_with_nan, labels >= 0, outliers_with_nan, labels >= 0), **options)
+    expected = _step_once(reference, batch(images, keep_in, outliers - 0.5, keep_out), **options)
+    assert getattr(state, SKIPPED_STEPS) == 0
+    assert state.output["non_finite_examples"] == 2 + 3 * with_outliers
+    assert state.output["loss"] == pytest.approx(expected.output["loss"], rel=1e-6)
+    for (name, ours), theirs in zip(recomputed.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("n_bad", "mode"), [(2, "skip_step"), (6, "recompute")])
+def test_step_is_skipped_without_recompute_or_with_a_quarter_left(n_bad: int, mode: str) -> None:
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    images = torch.rand(8, 3, 8, 8) - 0.5
+    images[:n_bad] = float("nan")
+    state = _step_once(model, (images, torch.zeros(8, dtype=torch.int64)), non_finite_examples=mode)
+    assert getattr(state, SKIPPED_STEPS) == 1
+    assert state.output["non_finite_examples"] == 0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    with pytest.raises(ValueError, match="non_finite_examples"):
+        create_trainer(model, torch.optim.Adamax(model.parameters()), non_finite_examples="drop")
+
+
+def test_recompute_repeats_while_new_examples_turn_non_finite() -> None:
+    """As the original's recursion: each forward may expose new non-finite examples; it stops at <= a quarter."""
+    calls = []
+
+    def forward(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, None]:
+        calls.append(labels.tolist())
+        values = images.clone()
+        if len(images) > 5:
+            values[0] = float("nan")  # the first example of any batch larger than 5 fails
+        return values, None
+
+    (values, _), labels = forward_on_finite_examples(forward, torch.arange(8.0), torch.arange(8))
+    assert calls == [list(range(8)), list(range(1, 8)), list(range(2, 8)), list(range(3, 8))]
+    assert labels.tolist() == [3, 4, 5, 6, 7] and torch.equal(values, torch.arange(3.0, 8.0))
+    calls.clear()
+    few = torch.tensor([float("nan")] * 6 + [1.0, 2.0])
+    (values, _), labels = forward_on_finite_examples(lambda x, y: (x, None), few, torch.arange(8))
+    assert len(labels) == 8 and values.isnan().sum() == 6  # 2 finite = a quarter: left to the step skip
+    (values, _), labels = forward_on_finite_examples(forward, torch.arange(8.0), torch.arange(8), recompute=False)
+    assert len(labels) == 8 and values.isnan().sum() == 1
 
 
 def test_class_outlier_loss_needs_the_tiny_model() -> None:
