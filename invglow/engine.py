@@ -22,7 +22,7 @@ from common.handlers import count_skipped_steps, finite_step, log_histogram, log
 from common.transforms import BatchPipeline, bin_centres, dequantize, random_crop, random_horizontal_flip
 from invglow.config import NonFiniteExamples
 from invglow.losses import bits_per_dim, margin_loss, nll_nats, outlier_loss, wrong_class_loss
-from invglow.models import ClassConditionalGlow, Glow
+from invglow.models import ClassConditionalGlow, Glow, PatchGlow
 from invglow.scores import SCORE_KINDS, anomaly_scores, evaluate_sets
 
 SAMPLE_TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
@@ -66,7 +66,7 @@ def eval_transform() -> BatchPipeline:
 
 
 def create_trainer(
-    model: Glow | ClassConditionalGlow,
+    model: Glow | ClassConditionalGlow | PatchGlow,
     optimizer: torch.optim.Optimizer,
     *,
     base_model: Glow | None = None,
@@ -189,7 +189,7 @@ def _outlier_term(
 
 
 def create_evaluator(
-    model: Glow | ClassConditionalGlow, set_names: tuple[str, ...], base_model: Glow | None = None
+    model: Glow | ClassConditionalGlow | PatchGlow, set_names: tuple[str, ...], base_model: Glow | None = None
 ) -> Engine:
     """Evaluation engine over ``(images, set_ids)`` batches (set 0 = in-distribution test set).
 
@@ -249,7 +249,7 @@ def attach_score_histograms(
 
 def attach_sample_logging(
     trainer: Engine,
-    model: Glow,
+    model: Glow | PatchGlow,
     tb_logger: TensorboardLogger | None,
     temperatures: tuple[float, ...] = SAMPLE_TEMPERATURES,
     n_samples: int = 16,

@@ -245,18 +245,18 @@ class ClassConditionalGlow(nn.Module):
 class PatchGlow(nn.Module):
     """The paper's "local" model (original ``local_patches=True``): one single-scale Glow on non-overlapping patches.
 
-        A (C, H, W) image is cut into (H/p)·(W/p) patches of p × p (paper: 16 patches of 8 × 8); each patch is a sample
-        of a Glow with one scale (squeeze → K steps → per-dimension ActNorm prior over all C·p² dims), and the image's
-        log-density is the sum over its patches: a model that only sees local structure (paper Sec. 4). Unlike the
-    original (which did not implement it), the model is invertible.
+    A (C, H, W) image is cut into (H/p)·(W/p) patches of p × p (paper: 16 patches of 8 × 8); each patch is a sample
+    of a Glow with one scale (squeeze → K steps → per-dimension ActNorm prior over all C·p² dims), and the image's
+    log-density is the sum over its patches: a model that only sees local structure (paper Sec. 4). Unlike the
+    original (which did not implement it), the model is invertible and can sample.
 
-        Args:
-            in_shape: (C, H, W) of the images, H and W divisible by ``patch``.
-            patch: p (8).
-            steps: K (32).
-            hidden: coupling-net width (512).
-            coupling: ``"affine"`` or ``"additive"``.
-            lu: LU-decomposed 1×1 convolutions.
+    Args:
+        in_shape: (C, H, W) of the images, H and W divisible by ``patch``.
+        patch: p (8), even.
+        steps: K (32).
+        hidden: coupling-net width (512).
+        coupling: ``"affine"`` or ``"additive"``.
+        lu: LU-decomposed 1×1 convolutions.
     """
 
     def __init__(
@@ -302,3 +302,15 @@ class PatchGlow(nn.Module):
     def inverse(self, latents: list[torch.Tensor]) -> torch.Tensor:
         """Images from per-patch latents."""
         return self.from_patches(self.glow.inverse(latents))
+
+    @property
+    def n_patches(self) -> int:
+        """Patches per image."""
+        _, height, width = self.in_shape
+        return (height // self.patch) * (width // self.patch)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` images of independently sampled patches (:meth:`Glow.sample` at ``temperature``), patch after patch
+        in :meth:`to_patches` order; (n, C, H, W) in about [−0.5, 0.5]."""
+        return self.from_patches(self.glow.sample(n * self.n_patches, temperature, generator))
