@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -38,6 +38,24 @@ def best_time(function: Callable[[], object], repeat: int = 5, warmup: int = 1) 
         function()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def best_times_interleaved(functions: Sequence[Callable[[], object]], repeat: int = 5, warmup: int = 1) -> list[float]:
+    """Smallest wall time of each function over ``repeat`` rounds that call every function once, in turn.
+
+    For comparisons on a shared machine: a load that comes and goes hits every function of a round alike, where
+    timing one function's calls after the other's would give the load to whichever ran during it.
+    """
+    for _ in range(warmup):
+        for function in functions:
+            function()
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeat):
+        for function, function_times in zip(functions, times, strict=True):
+            start = time.perf_counter()
+            function()
+            function_times.append(time.perf_counter() - start)
+    return [min(function_times) for function_times in times]
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
