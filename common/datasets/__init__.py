@@ -56,9 +56,21 @@ DATASETS: dict[str, DatasetSpec] = {
             "CIFAR-100 python pickles; option label_kind='fine'|'coarse'",
         ),
         DatasetSpec("svhn", (*_TRAIN_TEST, "extra"), "common.datasets.svhn:read_svhn", "SVHN cropped digits .mat"),
+        DatasetSpec(
+            "lsun",
+            ("test",),
+            "common.datasets.lsun_lmdb:read_lsun",
+            "LSUN scene val LMDBs (10 × 300 images), OOD; option categories=...; needs lmdb",
+        ),
         DatasetSpec("lsun-crop", ("test",), "common.datasets.image_folders:read_lsun_crop", "ODIN LSUN crop, OOD"),
         DatasetSpec(
             "lsun-resize", ("test",), "common.datasets.image_folders:read_lsun_resize", "ODIN LSUN resize, OOD"
+        ),
+        DatasetSpec(
+            "tinyimagenet",
+            _TRAIN_TEST,
+            "common.datasets.tinyimagenet:read_tinyimagenet",
+            "TinyImageNet-200; train = train + val (200 classes), test unlabelled",
         ),
         DatasetSpec(
             "tinyimagenet-crop",

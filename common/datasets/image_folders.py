@@ -137,6 +137,24 @@ def resize(image: np.ndarray, height: int, width: int, interpolation: int) -> np
     return resized.reshape(height, width, *image.shape[2:])
 
 
+def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` resized to (height, width) the closest OpenCV way to PIL's bilinear resize (torchvision ``Resize``).
+
+    PIL antialiases when it shrinks (a triangle filter stretched to the scale) and samples plain bilinearly when it
+    enlarges, one axis at a time. We shrink with ``cv2.INTER_AREA`` (averages the covered source pixels: a box
+    filter, so values differ from PIL's by a few grey levels on textured images) and enlarge with
+    ``cv2.INTER_LINEAR`` (the same half-pixel bilinear sampling as PIL); an image shrunk along one axis and
+    enlarged along the other is resized one axis at a time, width first, as PIL does. Returns ``image`` itself if
+    the size already matches.
+    """
+    image_height, image_width = image.shape[:2]
+    shrinks = height < image_height or width < image_width
+    enlarges = height > image_height or width > image_width
+    if shrinks and enlarges:
+        return resize_antialiased(resize_antialiased(image, image_height, width), height, width)
+    return resize(image, height, width, cv2.INTER_LINEAR if enlarges else cv2.INTER_AREA)
+
+
 def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """The central (height, width) window of ``image``; offsets ``(H - height) // 2``, ``(W - width) // 2``.
 

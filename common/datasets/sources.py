@@ -8,8 +8,9 @@
   the user places the files and ``fetch`` then checks and extracts them;
 - generated (``generated`` says how): the suite makes the data itself and needs no file.
 
-Checksums are the ones published with the files or by torchvision, pytorch-ood, anomalib or edadaltocg/detectors
-(cited per entry); None means no published checksum was found and the file is accepted unchecked.
+Checksums are the ones published with the files or by torchvision, pytorch-ood, anomalib, edadaltocg/detectors,
+TensorFlow Datasets or avalanche (cited per entry); None means no published checksum was found and the file is
+accepted unchecked.
 """
 
 from __future__ import annotations
@@ -96,6 +97,21 @@ def _odin(archive: str, dropbox_id: str, md5: str) -> tuple[RemoteFile, ...]:
     return (RemoteFile(archive, (f"{_DROPBOX}{dropbox_id}/{archive}",), md5=md5, unpacks_to=folder),)
 
 
+# LSUN scene validation LMDBs as the LSUN authors publish them (fyu/lsun download.py); sha256 from TensorFlow
+# Datasets (tensorflow_datasets/url_checksums/lsun.txt). Each zip unpacks to <category>_val_lmdb/.
+_LSUN_SCENES = "http://dl.yf.io/lsun/scenes/"
+_LSUN_VAL_SHA256 = {
+    "bedroom": "5d022e781b241c25ec2e1f1f769afcdb8091d7fd58362667aec03137b8114b12",
+    "bridge": "83216a2974d6068c2e1d18086006e7380ff58540216f955ce87fe049b460cb0d",
+    "church_outdoor": "34635b7547a3e51a15f942a4a4082dd6bc9cca381a953515cb2275c0eed50584",
+    "classroom": "5e0e9a375d94091dfe1fa3be87d4a92f41c03f1c0b8e376acc7e05651de512d7",
+    "conference_room": "927c94df52e10b9b374748c2b83b28b5860e946b3186dfd587985e274834650f",
+    "dining_room": "bd604d4b91bb5a9611d4e0b85475efd20758390d1a4eb57b53973fcbb5aa8ab6",
+    "kitchen": "329165f35ec61c4cf49f809246de300b8baad3ffcbda1ac30c27bdd32c84369a",
+    "living_room": "30a23d9a3db5414e9c97865f60ffb2ee973bfa658a23dbca7188ea514c97c9fc",
+    "restaurant": "efaa7bcb898ad6cb73b07b89fec3a9c670f4622912eea22fab3986c2cf9a1c20",
+    "tower": "7f5257847bc01f4e40d4a1b3e24dd8fcd37063f12ca8cf31e726c2ee0b1ae104",
+}
 _ODIN_HOME = "https://github.com/facebookresearch/odin"
 _SVHN = "http://ufldl.stanford.edu/housenumbers/"
 SOURCES: dict[str, DatasetSource] = {
@@ -146,12 +162,38 @@ SOURCES: dict[str, DatasetSource] = {
             ),
         ),
         DatasetSource(
+            "lsun",
+            "https://www.yf.io/p/lsun",
+            tuple(
+                RemoteFile(
+                    f"{category}_val_lmdb.zip",
+                    (f"{_LSUN_SCENES}{category}_val_lmdb.zip",),
+                    sha256=sha256,
+                    unpacks_to=f"{category}_val_lmdb",
+                )
+                for category, sha256 in _LSUN_VAL_SHA256.items()
+            ),
+        ),
+        DatasetSource(
             "lsun-crop", _ODIN_HOME, _odin("LSUN.tar.gz", "fhtsw1m3qxlwj6h", "458a0a0ab8e5f1cb4516d7400568e460")
         ),
         DatasetSource(
             "lsun-resize",
             _ODIN_HOME,
             _odin("LSUN_resize.tar.gz", "moqh2wh8696c3yl", "278b7b31c8cb7e804a1465a8ce03a2dc"),
+        ),
+        # TinyImageNet-200 from Stanford CS231n; md5 as in avalanche (benchmarks/datasets/tiny_imagenet).
+        DatasetSource(
+            "tinyimagenet",
+            "http://cs231n.stanford.edu/",
+            (
+                RemoteFile(
+                    "tiny-imagenet-200.zip",
+                    ("http://cs231n.stanford.edu/tiny-imagenet-200.zip",),
+                    md5="90528d7ca1a48142e341f4ef8d21d0de",
+                    unpacks_to="tiny-imagenet-200",
+                ),
+            ),
         ),
         DatasetSource(
             "tinyimagenet-crop",
@@ -282,7 +324,8 @@ def how_to_get(name: str, folder: str | Path | None = None) -> str:
     else:
         unpacked = _join([str(file.in_place(folder)) for file in archives])
         extracting = "extract" if len(archives) == len(source.files) else "put, extracting the archives,"
-        action = f"{extracting} {pronoun} into {folder} so that {unpacked} exists"
+        verb = "exists" if len(archives) == 1 else "exist"
+        action = f"{extracting} {pronoun} into {folder} so that {unpacked} {verb}"
     return f"Run `python main.py download {name}` or download {listing}, then {action}."
 
 
