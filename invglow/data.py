@@ -22,14 +22,34 @@ from invglow.config import InvGlowConfig
 
 TINY_TRAIN_FRACTION = 0.8  # first 80 % of the shuffled chunks train, the rest test (original datasets.py)
 CHUNK_SIZE = 64
+CONVERT_BATCH = 8192
+"""Images :func:`to_size` converts at once: about 0.2 GB of float32 working memory for 3×32×32 images. Converting
+the whole 1.56M-image Tiny subset at once took about 41 GB (RGB → grey) or two uint8 copies of it (RGB)."""
 _GENERATED = ("shapes", "digits-rgb", "uniform-noise", "gaussian-noise")
 
 
-def to_size(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+def to_size(images: torch.Tensor, size: int, channels: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 images at ``size × size`` with ``channels`` channels (grey → RGB by repetition, RGB → grey by luma).
 
-    Resizing is bilinear with antialiasing (the original: torchvision Resize, bilinear).
+    Resizing is bilinear with antialiasing (the original: torchvision Resize, bilinear). Only ``images[rows]`` are
+    converted when ``rows`` is given. Images are converted :data:`CONVERT_BATCH` at a time into one contiguous
+    tensor: the working memory stays at one batch whatever the number of images, and a memory-mapped source (the
+    1.56M-image Tiny subset) is read once, without an intermediate copy.
+
+    Raises:
+        ValueError: ``images`` or ``channels`` is neither 1 (grey) nor 3 (RGB) channels.
     """
+    if images.shape[1] not in (1, 3) or channels not in (1, 3):
+        raise ValueError(f"images: expected 1 or 3 channels converted to 1 or 3, got {images.shape[1]} → {channels}")
+    rows = torch.arange(len(images)) if rows is None else rows
+    converted = torch.empty((len(rows), channels, size, size), dtype=images.dtype)
+    for start in range(0, len(rows), CONVERT_BATCH):
+        batch = rows[start : start + CONVERT_BATCH]
+        converted[start : start + len(batch)] = _convert(images[batch], size, channels)
+    return converted
+
+
+def _convert(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
     if images.shape[1] == 1 and channels == 3:
         images = images.expand(-1, 3, -1, -1)
     elif images.shape[1] == 3 and channels == 1:
@@ -37,7 +57,7 @@ def to_size(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
         images = (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     if images.shape[-1] != size or images.shape[-2] != size:
         images = resize(images, size)
-    return images.contiguous()
+    return images
 
 
 def colour_digits(split: str, n: int, seed: int) -> ImageSet:
@@ -102,26 +122,34 @@ def build_demo_tiny(folder: Path, n_images: int, seed: int) -> Path:
     return folder
 
 
-def tiny_split(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) of a chunked Tiny subset: chunks shuffled by ``seed``, the first 80 % train (by chunk)."""
-    n_chunks = len(images) // CHUNK_SIZE
+def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (train, test) of a chunked Tiny subset of ``n_images``: chunks of :data:`CHUNK_SIZE` rows
+    shuffled by ``seed``, the first 80 % train (by chunk)."""
+    n_chunks = n_images // CHUNK_SIZE
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n_chunks))
     n_train = round(n_chunks * TINY_TRAIN_FRACTION)
     rows = (order[:, None] * CHUNK_SIZE + torch.arange(CHUNK_SIZE)).flatten()
-    return images[rows[: n_train * CHUNK_SIZE]], images[rows[n_train * CHUNK_SIZE :]]
+    return rows[: n_train * CHUNK_SIZE], rows[n_train * CHUNK_SIZE :]
+
+
+def tiny_split(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) of a chunked Tiny subset: the rows of :func:`tiny_split_rows`."""
+    train_rows, test_rows = tiny_split_rows(len(images), seed)
+    return images[train_rows], images[test_rows]
 
 
 def tiny_images(config: InvGlowConfig, scale: str, run_dir: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) uint8 Tiny images at the model's size (demo: generated binary cut into ``run_dir``)."""
+    """(train, test) uint8 Tiny images at the model's size and channels (:func:`tiny_split`), read from the
+    memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: generated binary cut into ``run_dir``)."""
     if scale == "demo":
         root = run_dir / "data"
         build_demo_tiny(root / "tiny-images", config.data.demo_tiny_images, seed)
         subset = load("tiny-images-subset", "train", root=root)
     else:
         subset = load("tiny-images-subset", "train")
-    train, test = tiny_split(subset.images, seed)
     size, channels = config.glow.image_size, config.glow.channels
-    return to_size(train, size, channels), to_size(test, size, channels)
+    train_rows, test_rows = tiny_split_rows(len(subset.images), seed)
+    return to_size(subset.images, size, channels, train_rows), to_size(subset.images, size, channels, test_rows)
 
 
 def image_set(name: str, split: str, config: InvGlowConfig, scale: str, seed: int) -> ImageSet:

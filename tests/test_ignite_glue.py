@@ -7,11 +7,9 @@ import io
 import json
 import platform
 import random
-import struct
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
 
 import cv2
 import ignite
@@ -20,7 +18,6 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Loss
-from tensorboardX.proto.event_pb2 import Event
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -47,34 +44,11 @@ from common.run import (
     seed_epoch,
     seed_everything,
 )
+from tests.helpers.tensorboard import summaries
 
 
 def draw_from_every_generator() -> tuple[float, float, torch.Tensor]:
     return random.random(), float(np.random.rand()), torch.rand(3)
-
-
-def read_events(log_dir: Path) -> list[Event]:
-    """Every event record of the tensorboard files in ``log_dir`` (TFRecord framing: length, crc, data, crc)."""
-    events = []
-    for path in sorted(log_dir.glob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            start = offset + 12  # 8-byte length, 4-byte crc of the length
-            event = Event()
-            event.ParseFromString(data[start : start + length])
-            events.append(event)
-            offset = start + length + 4  # 4-byte crc of the data
-    return events
-
-
-def summaries(log_dir: Path) -> dict[str, dict[int, Any]]:
-    """tag → step → ``Summary.Value`` proto."""
-    found: dict[str, dict[int, Any]] = {}
-    for event in read_events(log_dir):
-        for value in event.summary.value:
-            found.setdefault(value.tag, {})[event.step] = value
-    return found
 
 
 # Seeding and data order
