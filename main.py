@@ -14,6 +14,7 @@ The per-paper functions ``invglow()``, ``mchad()``, ``gaussian_ad()`` and ``mema
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -31,6 +32,12 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
     options = options or RunOptions()
     paper = get_paper(name)
     resumed = resumed_run_dir(options.resume) if options.resume else None
+    run_scale = recorded_scale(resumed) if resumed is not None else None
+    if run_scale not in (None, options.scale):
+        raise ValueError(
+            f"--resume {resumed}: the run was started at the {run_scale!r} scale, not {options.scale!r};"
+            f" resume it with --scale {run_scale}"
+        )
     if resumed is not None and not experiments:
         experiments = [resumed.parent.name]  # runs live in <paper>/<experiment>/<run>/
     if experiments:
@@ -57,14 +64,31 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
 def resumed_run_dir(resume: Path) -> Path:
     """The run folder that ``--resume`` names: the folder itself, or the run holding the given checkpoint file.
 
-    Experiments resume each of their trainings from the newest checkpoint under that folder.
+    For a file, that is the nearest folder above it holding the run's ``config.json`` (checkpoints may sit in a
+    training stage's sub-folder, as InvGlow's ``<run>/<stage>/seed<s>/checkpoints/``); without one, the folder of
+    ``checkpoints/`` or of the file. Experiments resume each of their trainings from the newest checkpoint under it.
     """
+    from common.run import CONFIG_FILE
+
     resume = resume.expanduser()
     if resume.is_dir():
         return resume
     if resume.is_file():
+        with_config = [folder for folder in resume.parents if (folder / CONFIG_FILE).is_file()]
+        if with_config:
+            return with_config[0]
         return resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
     raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint file")
+
+
+def recorded_scale(run_dir: Path) -> str | None:
+    """The scale a run was started with, from its ``config.json`` (``config.options.scale``); None if unrecorded."""
+    from common.run import CONFIG_FILE
+
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text())["config"]["options"]["scale"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def invglow(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]:
@@ -88,7 +112,9 @@ def memae(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scale", choices=SCALES, default="demo", help="demo (CPU, minutes) or paper (GPU)")
+    parser.add_argument(
+        "--scale", choices=SCALES, help="demo (CPU, minutes; the default) or paper (GPU); --resume: the run's own"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the experiment's)")
     parser.add_argument("--epochs", type=int, help="override the number of training epochs")
     parser.add_argument("--resume", type=Path, help="checkpoint file or run folder to resume from")
@@ -100,8 +126,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> RunOptions:
+    scale = args.scale or (args.resume and recorded_scale(resumed_run_dir(args.resume))) or "demo"
     return RunOptions(
-        scale=args.scale,
+        scale=scale,
         seeds=tuple(args.seeds) if args.seeds else None,
         epochs=args.epochs,
         resume=args.resume,

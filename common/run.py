@@ -287,17 +287,15 @@ def save_run_config(run_dir: Path, config: Any) -> Path:
 
     Args:
         run_dir: the run's folder.
-        config: a dataclass instance or a mapping; values JSON cannot hold (paths, dtypes, ...) are written as text.
+        config: a dataclass instance or a mapping (dataclasses inside it become objects too); values JSON cannot
+            hold (paths, dtypes, ...) are written as text.
 
     Returns:
         The path of ``config.json``.
     """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        resolved = dataclasses.asdict(config)
-    elif isinstance(config, Mapping):
-        resolved = dict(config)
-    else:
+    if not isinstance(config, Mapping) and not _is_dataclass_instance(config):
         raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
+    resolved = _plain(config)
     path = Path(run_dir) / CONFIG_FILE
     if idist.get_rank() == 0:
         record = {
@@ -309,6 +307,19 @@ def save_run_config(run_dir: Path, config: Any) -> Path:
         }
         write_json_atomically(path, record)
     return path
+
+
+def _is_dataclass_instance(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every dataclass instance, also inside mappings, turned into a dict (for JSON)."""
+    if _is_dataclass_instance(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def library_versions() -> dict[str, str | None]:

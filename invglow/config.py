@@ -89,7 +89,9 @@ class DataConfig:
     """
 
     in_distribution: tuple[str, ...] = ("cifar10", "cifar100", "svhn")
-    ood: tuple[str, ...] = ("svhn", "cifar10", "cifar100", "lsun-resize", "celeba", "tinyimagenet-resize")
+    ood: tuple[str, ...] = ("svhn", "cifar10", "cifar100", "lsun", "celeba", "tinyimagenet")
+    # lsun: the ten scene categories' validation LMDBs, tinyimagenet: TinyImageNet-200's test folder, as the original
+    # evaluate.py (not ODIN's resized copies, `lsun-resize` / `tinyimagenet-resize`, which other papers use)
     no_flip: tuple[str, ...] = ("svhn",)
     demo_tiny_images: int = 0
     demo_train: int = 0

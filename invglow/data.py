@@ -26,6 +26,7 @@ CONVERT_BATCH = 8192
 """Images :func:`to_size` converts at once: about 0.2 GB of float32 working memory for 3×32×32 images. Converting
 the whole 1.56M-image Tiny subset at once took about 41 GB (RGB → grey) or two uint8 copies of it (RGB)."""
 _GENERATED = ("shapes", "digits-rgb", "uniform-noise", "gaussian-noise")
+_TEST_ONLY = ("lsun", "lsun-resize", "tinyimagenet", "tinyimagenet-resize", "celeba")  # evaluated on "test" only
 
 
 def to_size(images: torch.Tensor, size: int, channels: int, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,6 +159,6 @@ def image_set(name: str, split: str, config: InvGlowConfig, scale: str, seed: in
         n = config.data.demo_train if split == "train" else config.data.demo_test
         images, labels = generated_set(name, split, n, seed)
     else:
-        reader_split = "test" if name in ("lsun-resize", "tinyimagenet-resize", "celeba") else split
+        reader_split = "test" if name in _TEST_ONLY else split
         images, labels = load(name, reader_split)
     return ImageSet(to_size(images, config.glow.image_size, config.glow.channels), labels)

@@ -189,13 +189,43 @@ def in_distribution_test(
     return ood[in_name] if in_name in ood else image_set(in_name, "test", config, scale, seed).images
 
 
+@dataclass(frozen=True)
+class GroupData:
+    """The image sets one group of tables trains and evaluates on (uint8), by set name."""
+
+    train: dict[str, ImageSet]
+    tests: dict[str, torch.Tensor]
+    ood: dict[str, torch.Tensor]
+
+
+def load_group_data(config: InvGlowConfig, scale: str, seed: int) -> GroupData:
+    """Every in-distribution training and test set and every OOD test set of ``config``.
+
+    Experiments read them before training anything, so that a missing file stops a run at once rather than after
+    days of pretraining.
+    """
+    ood = ood_test_sets(config, scale, seed)
+    names = config.data.in_distribution
+    return GroupData(
+        train={name: image_set(name, "train", config, scale, seed) for name in names},
+        tests={name: in_distribution_test(name, ood, config, scale, seed) for name in names},
+        ood=ood,
+    )
+
+
 def pretrain_tiny(
-    config: InvGlowConfig, options: RunOptions, run_dir: Path, seed: int, device: torch.device, prefix: str = ""
+    config: InvGlowConfig,
+    options: RunOptions,
+    run_dir: Path,
+    seed: int,
+    device: torch.device,
+    prefix: str = "",
+    ood: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Glow, torch.Tensor, dict[str, torch.Tensor]]:
-    """Train the general (Tiny) Glow into ``pretrain-tiny<prefix>/seed<s>``; returns it, the Tiny training images
-    and the OOD test images by set."""
+    """Train the general (Tiny) Glow into ``pretrain-tiny<prefix>/seed<s>``, evaluated on the ``ood`` test sets
+    (read from ``config`` if None); returns it, the Tiny training images and the OOD test images by set."""
     tiny_train, tiny_test = tiny_images(config, options.scale, run_dir, seed)
-    ood = ood_test_sets(config, options.scale, seed)
+    ood = ood_test_sets(config, options.scale, seed) if ood is None else ood
     seed_everything(seed)  # the 1×1 convolutions' random rotations and the coupling nets' weights
     tiny_model = build_model(config).to(device)
     stage = Stage(
@@ -211,15 +241,19 @@ def run_tables_seed(
 ) -> dict[tuple[str, str, str], float]:
     """One seed of every table: {(table, row, column): value}."""
     device = resolve_device(options.device)
-    values = _run_group(config, options, run_dir, seed, device, "", tuple(_VARIANTS), _CELLS)
+    groups = [(config, "", tuple(_VARIANTS), _CELLS)]
     if config.grey is not None:
-        grey = grey_config(config)
-        values.update(_run_group(grey, options, run_dir, seed, device, "-grey", ("plain", "outlier-loss"), _GREY_CELLS))
+        groups.append((grey_config(config), "-grey", ("plain", "outlier-loss"), _GREY_CELLS))
+    data = [load_group_data(group[0], options.scale, seed) for group in groups]  # before any training
+    values: dict[tuple[str, str, str], float] = {}
+    for (group_config, prefix, variants, cells), group_data in zip(groups, data, strict=True):
+        values.update(_run_group(group_config, group_data, options, run_dir, seed, device, prefix, variants, cells))
     return values
 
 
 def _run_group(
     config: InvGlowConfig,
+    data: GroupData,
     options: RunOptions,
     run_dir: Path,
     seed: int,
@@ -229,24 +263,24 @@ def _run_group(
     cells: tuple[tuple[str, str, str, ScoreKind], ...],
 ) -> dict[tuple[str, str, str], float]:
     """Pretrain a Tiny model, finetune ``variants`` per in-distribution set, read ``cells`` (and Serra's for RGB)."""
-    data = config.data
-    tiny_model, tiny_train, ood = pretrain_tiny(config, options, run_dir, seed, device, prefix)
+    tiny_model, tiny_train, ood = pretrain_tiny(config, options, run_dir, seed, device, prefix, data.ood)
     base_model = copy.deepcopy(tiny_model).requires_grad_(False)
     outlier = OutlierLossConfig("class", config.finetune.outlier_weight, config.finetune.outlier_temperature)
     values: dict[tuple[str, str, str], float] = {}
-    for in_name in data.in_distribution:
-        train_set = image_set(in_name, "train", config, options.scale, seed)
-        test_images = in_distribution_test(in_name, ood, config, options.scale, seed)
+    in_distribution = config.data.in_distribution
+    for in_name in in_distribution:
         stage = Stage(
             run_dir / f"finetune{prefix}-{in_name}" / f"seed{seed}", config.finetune,
-            stage_epochs(options, config.finetune), seed, in_name not in data.no_flip,
-            eval_sets(in_name, test_images, ood),
+            stage_epochs(options, config.finetune), seed, in_name not in config.data.no_flip,
+            eval_sets(in_name, data.tests[in_name], ood),
         )  # fmt: skip
         chosen = {name: _VARIANTS[name] for name in variants}
-        engines = _finetune_variants(stage, train_set, tiny_model, base_model, tiny_train, outlier, chosen, options)
+        engines = _finetune_variants(
+            stage, data.train[in_name], tiny_model, base_model, tiny_train, outlier, chosen, options
+        )
         values.update(_table_cells(in_name, stage.evaluation.names, engines, cells))
-        if config.glow.channels == 3 and in_name == data.in_distribution[0]:
-            values.update(_serra_cells(stage.evaluation, engines["plain"], ood_name=data.in_distribution[-1]))
+        if config.glow.channels == 3 and in_name == in_distribution[0]:
+            values.update(_serra_cells(stage.evaluation, engines["plain"], ood_name=in_distribution[-1]))
     return values
 
 

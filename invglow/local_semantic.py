@@ -25,14 +25,12 @@ from common.papers import RunOptions
 from common.results import ResultRow
 from common.run import resolve_device, save_run_config, seed_everything, torch_threads
 from invglow.config import InvGlowConfig, get_config
-from invglow.data import image_set
 from invglow.experiments import (
     DEMO_STAND_INS,
     DEMO_THREADS,
     Stage,
     eval_sets,
-    in_distribution_test,
-    ood_test_sets,
+    load_group_data,
     result_rows,
     stage_epochs,
     train_stage,
@@ -113,11 +111,11 @@ def run_local_vs_semantic_seed(
     """Train the three models per in-distribution set of ``config`` for one seed: {(table, row, column): value}."""
     device = resolve_device(options.device)
     train = config.local_semantic.train
-    ood = ood_test_sets(config, options.scale, seed)
+    data = load_group_data(config, options.scale, seed)  # every set before any training
     values: dict[tuple[str, str, str], float] = {}
     for in_name in config.data.in_distribution:
-        train_set = image_set(in_name, "train", config, options.scale, seed)
-        evaluation = eval_sets(in_name, in_distribution_test(in_name, ood, config, options.scale, seed), ood)
+        train_set = data.train[in_name]
+        evaluation = eval_sets(in_name, data.tests[in_name], data.ood)
         flip = in_name not in config.data.no_flip
         full_likelihoods = None
         for kind, row in MODEL_ROWS.items():

@@ -159,8 +159,12 @@ def test_save_run_config_records_config_versions_and_commit(tmp_path: Path) -> N
 
 
 def test_save_run_config_takes_mappings_and_rejects_other_types(tmp_path: Path) -> None:
-    save_run_config(tmp_path, {"epochs": 3})
-    assert json.loads((tmp_path / "config.json").read_text())["config"] == {"epochs": 3}
+    save_run_config(tmp_path, {"epochs": 3, "model": ToyConfig(lr=0.5), "nested": {"inner": ToyConfig()}})
+    assert json.loads((tmp_path / "config.json").read_text())["config"] == {
+        "epochs": 3,
+        "model": {"lr": 0.5, "layers": [16, 32], "data": "/data/cifar10"},
+        "nested": {"inner": {"lr": 1e-3, "layers": [16, 32], "data": "/data/cifar10"}},
+    }  # dataclasses inside a mapping are objects, not their repr
     with pytest.raises(TypeError, match="dataclass"):
         save_run_config(tmp_path, [1, 2])
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import main
+from common.datasets.lsun_lmdb import LSUN_CATEGORIES
 from common.datasets.tiny_images import BINARY_NAME
 from common.errors import MissingDataError
 from common.handlers import CHECKPOINT_DIR
@@ -31,9 +32,11 @@ from invglow.experiments import FINAL_MODEL
 from tests.helpers.tensorboard import summaries
 from tests.helpers.write_cifar import save_cifar10, write_cifar100
 from tests.helpers.write_idx import write_idx_dataset
-from tests.helpers.write_images import smooth_images, write_celeba, write_odin_set
+from tests.helpers.write_images import smooth_images, write_celeba
+from tests.helpers.write_lsun import write_lsun_category
 from tests.helpers.write_svhn import write_svhn
 from tests.helpers.write_tiny import decode_tiny_index, write_tiny_binary
+from tests.helpers.write_tinyimagenet import write_tinyimagenet
 
 N_TRAIN, N_TEST, N_ODIN = 80, 24, 12  # 80 training images in batches of 8: 10 steps, one tensorboard log
 CELEBA_PARTITIONS = [0] * 4 + [1] * 2 + [2] * N_ODIN  # train, valid, test codes of list_eval_partition.txt
@@ -50,7 +53,7 @@ SMALL_PAPER = dataclasses.replace(
 
 SEED = config.PAPER.seeds[0]
 RGB_SETS = ("cifar10", "cifar100", "svhn")
-RGB_OOD = (*RGB_SETS, "lsun-resize", "celeba", "tinyimagenet-resize")
+RGB_OOD = (*RGB_SETS, "lsun", "celeba", "tinyimagenet")
 GREY_SETS = ("fashion-mnist", "mnist")
 RUN = ["--scale", "paper", "--device", "cpu", "--no-progress"]
 
@@ -65,8 +68,9 @@ def paper_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     save_cifar10(root / "cifar10", cifar10)
     write_cifar100(root / "cifar100", N_TRAIN, N_TEST, seed=2)
     write_svhn(root / "svhn", N_TRAIN, N_TEST, seed=3)
-    write_odin_set(root, "lsun-resize", list(smooth_images(N_ODIN, 36, 36, seed=4)))  # stretched to 32×32
-    write_odin_set(root, "tinyimagenet-resize", list(smooth_images(N_ODIN, 32, 32, seed=5)))
+    for index, category in enumerate(LSUN_CATEGORIES):  # the original's LSUN: validation LMDBs, webp images
+        write_lsun_category(root, category, list(smooth_images(2, 48, 40 + 4 * index, seed=40 + index)))
+    write_tinyimagenet(root, test=N_ODIN, seed=5)  # TinyImageNet-200's folders, 64×64 JPEGs
     write_celeba(root, list(smooth_images(len(CELEBA_PARTITIONS), 218, 178, seed=6)), CELEBA_PARTITIONS)
     for offset, name in enumerate(GREY_SETS):
         write_idx_dataset(root / name, N_TRAIN, N_TEST, seed=7 + offset)
@@ -116,9 +120,19 @@ def test_to_size_in_batches_equals_converting_at_once(monkeypatch: pytest.Monkey
         to_size(images[:, :2], 32, 3)
 
 
-def test_missing_tiny_subset_names_the_file_before_any_training(paper_files: Path, tmp_path: Path) -> None:
-    (tmp_path / "tiny" / "tiny_subset.json").unlink()
-    with pytest.raises(MissingDataError, match=r"tiny_subset\.json.*create_tiny\.py"):
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("tiny/tiny_subset.json", r"tiny_subset\.json.*create_tiny\.py"),
+        ("data/svhn/train_32x32.mat", r"train_32x32\.mat"),  # read after two finetuned sets if read lazily
+        ("data/mnist/train-images-idx3-ubyte.gz", r"train-images-idx3-ubyte"),  # grey group: after every RGB stage
+    ],
+)
+def test_missing_data_is_named_before_any_training(
+    paper_files: Path, tmp_path: Path, missing: str, message: str
+) -> None:
+    (tmp_path / missing).unlink()
+    with pytest.raises(MissingDataError, match=message):
         main.main(["invglow", "tables", *RUN])
     assert not list((tmp_path / "runs").rglob(FINAL_MODEL))
 

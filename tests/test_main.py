@@ -101,3 +101,19 @@ def test_resume_continues_in_the_named_run_folder(toy_paper, tmp_path):
     (tmp_path / "elsewhere" / "run").mkdir(parents=True)
     with pytest.raises(KeyError, match="no experiment 'elsewhere'"):
         main.main(["toy", "--resume", str(tmp_path / "elsewhere" / "run")])
+
+
+def test_resume_takes_the_run_scale_and_refuses_another(toy_paper, tmp_path):
+    run = tmp_path / "toy" / "table9" / "paper-run"
+    checkpoint = run / "stage" / "seed0" / "checkpoints" / "checkpoint_3.pt"  # a training stage's checkpoint
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"config": {"options": {"scale": "paper"}}}))
+    for resume in (run, checkpoint):
+        assert main.main(["toy", "--resume", str(resume)]) == 0  # no --scale: the run's own
+        options, run_dir = toy_paper[-1]
+        assert (options.scale, run_dir) == ("paper", run)
+    with pytest.raises(ValueError, match=r"started at the 'paper' scale, not 'demo'.*--scale paper"):
+        main.main(["toy", "--resume", str(run), "--scale", "demo"])
+    with pytest.raises(ValueError, match="'paper' scale, not 'demo'"):
+        main.run_paper("toy", (), RunOptions(resume=run))  # the Python API's default scale is demo
