@@ -397,14 +397,25 @@ def _tables_published(scale: str) -> Callable[[str, str, str], tuple[float | Non
     return published
 
 
-def run_tables(options: RunOptions, run_dir: Path) -> list[ResultRow]:
-    """Unsupervised and supervised tables and the Serra et al. baseline, sharing one Tiny pretraining per seed."""
+SeedFunction = Callable[[InvGlowConfig, RunOptions, Path, int], dict[tuple[str, str, str], float]]
+
+
+def run_every_seed(
+    options: RunOptions, run_dir: Path, run_seed: SeedFunction
+) -> tuple[InvGlowConfig, tuple[int, ...], list[dict[tuple[str, str, str], float]]]:
+    """Save the run's configuration, then ``run_seed`` for every seed (one thread at the demo scale); returns the
+    configuration, the seeds and each seed's cells."""
     config = get_config(options.scale)
-    seeds = options.seeds or config.seeds
+    seeds = tuple(options.seeds or config.seeds)
     save_run_config(run_dir, {"options": options, "config": config})
     with torch_threads(DEMO_THREADS if options.scale == "demo" else None):
-        values = [run_tables_seed(config, options, run_dir, seed) for seed in seeds]
-    return result_rows(values, tuple(seeds), options.scale, _tables_published(options.scale))
+        return config, seeds, [run_seed(config, options, run_dir, seed) for seed in seeds]
+
+
+def run_tables(options: RunOptions, run_dir: Path) -> list[ResultRow]:
+    """Unsupervised and supervised tables and the Serra et al. baseline, sharing one Tiny pretraining per seed."""
+    _, seeds, values = run_every_seed(options, run_dir, run_tables_seed)
+    return result_rows(values, seeds, options.scale, _tables_published(options.scale))
 
 
 def run_local_vs_semantic(options: RunOptions, run_dir: Path) -> list[ResultRow]:

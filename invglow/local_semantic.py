@@ -23,15 +23,15 @@ from scipy.stats import spearmanr
 
 from common.papers import RunOptions
 from common.results import ResultRow
-from common.run import resolve_device, save_run_config, seed_everything, torch_threads
-from invglow.config import InvGlowConfig, get_config
+from common.run import resolve_device, seed_everything
+from invglow.config import InvGlowConfig
 from invglow.experiments import (
     DEMO_STAND_INS,
-    DEMO_THREADS,
     Stage,
     eval_sets,
     load_group_data,
     result_rows,
+    run_every_seed,
     stage_epochs,
     train_stage,
 )
@@ -132,13 +132,9 @@ def run_local_vs_semantic_seed(
 
 def run_local_vs_semantic(options: RunOptions, run_dir: Path) -> list[ResultRow]:
     """The local-vs-semantic table: full, local and dense Glow trained from scratch per in-distribution set."""
-    config = get_config(options.scale)
-    seeds = options.seeds or config.seeds
-    save_run_config(run_dir, {"options": options, "config": config})
-    with torch_threads(DEMO_THREADS if options.scale == "demo" else None):
-        values = [run_local_vs_semantic_seed(config, options, run_dir, seed) for seed in seeds]
+    config, seeds, values = run_every_seed(options, run_dir, run_local_vs_semantic_seed)
     patch, size = config.local_semantic.patch_size, config.glow.image_size
     note = NOT_RETRIEVED
     if options.scale == "demo":
         note = f"{DEMO_STAND_INS}; local Glow: {patch}×{patch} patches at {size}×{size}; {NOT_RETRIEVED}"
-    return result_rows(values, tuple(seeds), options.scale, lambda table, row, column: (None, note))
+    return result_rows(values, seeds, options.scale, lambda table, row, column: (None, note))

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 import main
 from common.handlers import CHECKPOINT_DIR
 from common.papers import RunOptions, get_paper
-from invglow import experiments, local_semantic
+from invglow import config, experiments, local_semantic
 from invglow.config import DEMO, PAPER, DataConfig, GlowConfig, InvGlowConfig, LocalSemanticConfig, TrainConfig
 from invglow.data import image_set
 from invglow.flows import FixedOrthogonal, InvConv1x1
@@ -40,7 +40,7 @@ KINDS = {"full": local_semantic.FULL_GLOW, "local": local_semantic.LOCAL_GLOW, "
 
 @pytest.fixture
 def minuscule_config(monkeypatch: pytest.MonkeyPatch) -> InvGlowConfig:
-    monkeypatch.setattr(local_semantic, "get_config", lambda scale: MINUSCULE)
+    monkeypatch.setitem(config.CONFIGS, "demo", MINUSCULE)
     return MINUSCULE
 
 
