@@ -62,23 +62,23 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
 
 
 def resumed_run_dir(resume: Path) -> Path:
-    """The run folder that ``--resume`` names: the folder itself, or the run holding the given checkpoint file.
+    """The run folder that ``--resume`` names: a run folder, a folder inside one, or a checkpoint file inside one.
 
-    For a file, that is the nearest folder above it holding the run's ``config.json`` (checkpoints may sit in a
-    training stage's sub-folder, as InvGlow's ``<run>/<stage>/seed<s>/checkpoints/``); without one, the folder of
-    ``checkpoints/`` or of the file. Experiments resume each of their trainings from the newest checkpoint under it.
+    That is the nearest folder, from ``resume`` up, whose ``config.json`` records the run's scale (checkpoints may
+    sit in a training stage's sub-folder, as InvGlow's ``<run>/<stage>/seed<s>/checkpoints/``); without one,
+    ``resume`` itself, or for a file the folder of ``checkpoints/`` or of the file. Experiments resume each of
+    their trainings from the newest checkpoint under it.
     """
-    from common.run import CONFIG_FILE
-
     resume = resume.expanduser()
+    if not resume.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint file")
+    start = resume if resume.is_dir() else resume.parent
+    recorded = [folder for folder in (start, *start.parents) if recorded_scale(folder) is not None]
+    if recorded:
+        return recorded[0]
     if resume.is_dir():
         return resume
-    if resume.is_file():
-        with_config = [folder for folder in resume.parents if (folder / CONFIG_FILE).is_file()]
-        if with_config:
-            return with_config[0]
-        return resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
-    raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint file")
+    return resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
 
 
 def recorded_scale(run_dir: Path) -> str | None:

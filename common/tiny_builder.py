@@ -29,7 +29,7 @@ drawing chunks at random, and the order that reads the binary front to back.
 While building, the outputs are ``<name>.npy.partial`` and ``<name>_indices.npy.partial``, plus a progress marker
 ``<name>.progress.json`` rewritten after every batch of chunks (after the batch is written). A re-run that selects the
 same images resumes after the last recorded batch. The final names appear only when the subset is complete
-(``os.replace``, manifest last); a complete subset is recognised and not rebuilt. Memory use is one batch buffer
+(``os.replace``, manifest last); a complete subset is recognised and not rebuilt. Memory use is two batch buffers
 (``batch_chunks`` chunks), whatever the size of the binary.
 """
 
@@ -276,10 +276,19 @@ def _copy_chunks(
     """
     chunk_bytes = chunk_size * IMAGE_BYTES
     buffers = [memoryview(bytearray(batch_chunks * chunk_bytes)) for _ in range(2)]
-    source, output = os.open(binary, os.O_RDONLY), os.open(target, os.O_WRONLY)
+    source = os.open(binary, os.O_RDONLY)
+    try:
+        output = os.open(target, os.O_WRONLY)
+    except OSError:
+        os.close(source)
+        raise
 
     def write_batch(records: memoryview, batch_start: int, batch_end: int) -> int:
-        if os.pwrite(output, records, data_offset + batch_start * chunk_bytes) != records.nbytes:
+        try:
+            written = os.pwrite(output, records, data_offset + batch_start * chunk_bytes)
+        except OSError as error:
+            raise DataError(target, f"could not be written ({error.strerror}; is the disk full?)") from error
+        if written != records.nbytes:
             raise DataError(target, "short write (is the disk full?)")
         write_json_atomically(progress_file, {"images_done": batch_end * chunk_size})
         return records.nbytes

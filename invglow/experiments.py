@@ -14,6 +14,7 @@ with the same stages.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,7 +151,9 @@ def train_stage(
     evaluator.state.metrics["skipped_steps"] = float(getattr(trainer.state, SKIPPED_STEPS))
     if handlers.tb_logger is not None:
         handlers.tb_logger.close()
-    torch.save(model.state_dict(), stage.folder / FINAL_MODEL)
+    partial = stage.folder / f"{FINAL_MODEL}.partial"  # --resume takes a stage with FINAL_MODEL as finished
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, stage.folder / FINAL_MODEL)
     return evaluator
 
 

@@ -165,11 +165,7 @@ def test_experiment_is_registered_with_the_tables() -> None:
 
 @pytest.mark.slow
 def test_demo_scale_shows_the_local_model_tracking_the_full_glow(tmp_path: Path) -> None:
-    import time
-
-    start = time.perf_counter()
     rows = local_semantic.run_local_vs_semantic(RunOptions(scale="demo", device="cpu", progress=False), tmp_path)
-    assert time.perf_counter() - start < 60
     cells = {(row.row, row.column): row.ours for row in rows}
     # the CIFAR-10 → SVHN failure (shapes → digits) of the full Glow, shared by the model of 16 independent patches
     assert cells[(local_semantic.FULL_GLOW, "shapes → digits-rgb")] < 50.0

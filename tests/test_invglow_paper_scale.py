@@ -1,10 +1,10 @@
 """``python main.py invglow tables --scale paper`` end to end on small files in the real formats.
 
-The data root holds CIFAR-10/100 pickles, SVHN .mat files, ODIN's LSUN and TinyImageNet resize folders, aligned
-CelebA with its partition list and MNIST / Fashion-MNIST IDX files (tests/helpers); Tiny Images is a binary in the
-real format, under its own root, cut by ``invglow/create_tiny.py``. The paper configuration keeps its protocol
-(32×32 images, 3 scales, sets and their roles, augmentation, outlier loss, seed); only the Glow (K = 1, 8 hidden
-channels), the epochs and the batches are shrunk.
+The data root holds CIFAR-10/100 pickles, SVHN .mat files, the LSUN validation LMDBs, TinyImageNet-200's folders,
+aligned CelebA with its partition list and MNIST / Fashion-MNIST IDX files (tests/helpers); Tiny Images is a
+binary in the real format, under its own root, cut by ``invglow/create_tiny.py``. The paper configuration keeps
+its protocol (32×32 images, 3 scales, sets and their roles, augmentation, outlier loss, seed); only the Glow
+(K = 1, 8 hidden channels), the epochs and the batches are shrunk.
 """
 
 from __future__ import annotations

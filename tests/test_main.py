@@ -109,7 +109,7 @@ def test_resume_takes_the_run_scale_and_refuses_another(toy_paper, tmp_path):
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"")
     (run / "config.json").write_text(json.dumps({"config": {"options": {"scale": "paper"}}}))
-    for resume in (run, checkpoint):
+    for resume in (run, checkpoint, checkpoint.parent.parent):  # the run, a stage's checkpoint, a stage's folder
         assert main.main(["toy", "--resume", str(resume)]) == 0  # no --scale: the run's own
         options, run_dir = toy_paper[-1]
         assert (options.scale, run_dir) == ("paper", run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -288,3 +289,15 @@ def test_300k_reader_turns_hwc_into_nchw(tmp_path: Path) -> None:
         read_tiny_300k(tmp_path, "train")
     with pytest.raises(MissingDataError, match=r"tiny_subset\.json"):
         read_tiny_subset(tmp_path, "train")
+
+
+def test_a_failing_write_names_the_output_and_closes_both_files(binary: Path, tmp_path: Path, monkeypatch) -> None:
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    opened = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(tiny_builder.os, "pwrite", disk_full)
+    with pytest.raises(DataError, match=r"tiny_subset\.npy\.partial: could not be written \(No space left"):
+        build(binary, tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == opened
+    assert not (tmp_path / "tiny_subset.npy").exists()
