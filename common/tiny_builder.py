@@ -305,15 +305,21 @@ def _copy_chunks(
             ) as bar,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiny-writer") as writer,
         ):
-            _read_ahead(source, starts[first_chunk : first_chunk + batch_chunks], chunk_size)
+            batches = []  # (first chunk, its starts, their runs of adjacent chunks), each run found once
+            for first in range(first_chunk, len(starts), batch_chunks):
+                batch = starts[first : first + batch_chunks]
+                batches.append((first, batch, _adjacent_runs(batch, chunk_size)))
+            for _, batch, runs in batches[:1]:
+                _read_ahead(source, batch, runs, chunk_bytes)
             pending: Future[int] | None = None
-            for index, batch_start in enumerate(range(first_chunk, len(starts), batch_chunks)):
-                batch_end = min(batch_start + batch_chunks, len(starts))
-                _read_ahead(source, starts[batch_end : batch_end + batch_chunks], chunk_size)  # the next batch
-                batch, buffer = starts[batch_start:batch_end], buffers[index % 2]
-                for slot, count in _adjacent_runs(batch, chunk_size):
+            for index, (batch_start, batch, runs) in enumerate(batches):
+                for _, next_batch, next_runs in batches[index + 1 : index + 2]:
+                    _read_ahead(source, next_batch, next_runs, chunk_bytes)
+                buffer = buffers[index % 2]
+                for slot, count in runs:
                     records = buffer[slot * chunk_bytes : (slot + count) * chunk_bytes]
                     _read_into(source, binary, int(batch[slot]), records)
+                batch_end = batch_start + len(batch)
                 if pending is not None:
                     bar.update(pending.result())  # the write of the previous batch, out of the other buffer
                 pending = writer.submit(write_batch, buffer[: len(batch) * chunk_bytes], batch_start, batch_end)
@@ -332,13 +338,13 @@ def _adjacent_runs(starts: np.ndarray, chunk_size: int) -> list[tuple[int, int]]
     return [(int(first), int(length)) for first, length in zip(edges[:-1], np.diff(edges), strict=True)]
 
 
-def _read_ahead(source: int, starts: np.ndarray, chunk_size: int) -> None:
-    """Ask the kernel to start reading the chunks at ``starts`` in the background (no-op where unsupported)."""
+def _read_ahead(source: int, starts: np.ndarray, runs: list[tuple[int, int]], chunk_bytes: int) -> None:
+    """Ask the kernel to start reading the chunks at ``starts`` (their :func:`_adjacent_runs` ``runs``) in the
+    background (no-op where unsupported)."""
     if not hasattr(os, "posix_fadvise"):
         return
-    for first, length in _adjacent_runs(starts, chunk_size):
-        offset = int(starts[first]) * IMAGE_BYTES
-        os.posix_fadvise(source, offset, length * chunk_size * IMAGE_BYTES, os.POSIX_FADV_WILLNEED)
+    for first, length in runs:
+        os.posix_fadvise(source, int(starts[first]) * IMAGE_BYTES, length * chunk_bytes, os.POSIX_FADV_WILLNEED)
 
 
 def _read_into(source: int, path: Path, first: int, records: memoryview) -> None:
