@@ -133,14 +133,8 @@ def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return rows[: n_train * CHUNK_SIZE], rows[n_train * CHUNK_SIZE :]
 
 
-def tiny_split(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) of a chunked Tiny subset: the rows of :func:`tiny_split_rows`."""
-    train_rows, test_rows = tiny_split_rows(len(images), seed)
-    return images[train_rows], images[test_rows]
-
-
 def tiny_images(config: InvGlowConfig, scale: str, run_dir: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) uint8 Tiny images at the model's size and channels (:func:`tiny_split`), read from the
+    """(train, test) uint8 Tiny images at the model's size and channels (:func:`tiny_split_rows`), read from the
     memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: generated binary cut into ``run_dir``)."""
     if scale == "demo":
         root = run_dir / "data"

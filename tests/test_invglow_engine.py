@@ -14,7 +14,7 @@ from common.datasets import load
 from common.handlers import SKIPPED_STEPS
 from common.loaders import TensorBatchLoader
 from common.transforms import bin_centres
-from invglow.data import CHUNK_SIZE, tiny_split, to_size, write_demo_tiny_binary
+from invglow.data import CHUNK_SIZE, tiny_split_rows, to_size, write_demo_tiny_binary
 from invglow.engine import (
     OutlierLossConfig,
     create_evaluator,
@@ -179,8 +179,7 @@ def test_demo_binary_is_real_column_major_format(tmp_path: Path) -> None:
 
 
 def test_tiny_split_keeps_whole_chunks() -> None:
-    images = torch.arange(10 * CHUNK_SIZE).view(-1, 1, 1, 1).expand(-1, 1, 1, 1)
-    train, test = tiny_split(images, seed=0)
+    train, test = tiny_split_rows(10 * CHUNK_SIZE, seed=0)  # row i of the subset holds image i
     assert len(train) == 8 * CHUNK_SIZE and len(test) == 2 * CHUNK_SIZE
     chunks = lambda part: {int(v) // CHUNK_SIZE for v in part.flatten()}  # noqa: E731
     assert not chunks(train) & chunks(test)
