@@ -10,7 +10,8 @@
   of its chunks kept) against one sequential read of the same file, both starting with the binary evicted from the
   page cache (as in a real 227 GB run), and the process's peak RSS growth for two binary sizes.
 
-``python -m bench invglow``; ``INVGLOW_BENCH_MB`` sets the larger binary's size (default 1024).
+``python -m bench invglow``; ``INVGLOW_BENCH_MB`` sets the larger binary's size (default 1024),
+``INVGLOW_BENCH_STEPS`` the Glow's K (default 32, the paper's), ``INVGLOW_BENCH_REPEAT`` the timed rounds (2).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ _ORIGINAL = Path(os.environ.get("INVGLOW_ORIGINAL", "")) if os.environ.get("INVG
 _BATCH = 64
 _SHAPE = (3, 32, 32)
 _REPEAT = int(os.environ.get("INVGLOW_BENCH_REPEAT", "2"))  # a paper-size CPU step takes 10-20 s on 2 cores
+_STEPS = int(os.environ.get("INVGLOW_BENCH_STEPS", "32"))  # K per scale
+_STEP_NAME = f"invglow train step, paper config{'' if _STEPS == 32 else f' but K={_STEPS}'}"
 
 
 def _original_source(folder: Path) -> Path | None:
@@ -91,7 +94,7 @@ def _step_function(model: torch.nn.Module, log_density: Callable[[torch.Tensor],
 
 def _glow_rows() -> list[BenchRow]:
     torch.manual_seed(0)
-    ours = Glow(_SHAPE, n_scales=3, steps=32, hidden=512)
+    ours = Glow(_SHAPE, n_scales=3, steps=_STEPS, hidden=512)
     initialize_actnorms(ours, torch.rand(_BATCH, *_SHAPE) - 0.5)
     our_step = _step_function(ours, lambda x: ours(x)[1].sum(1))
     with torch.no_grad():
@@ -102,10 +105,10 @@ def _glow_rows() -> list[BenchRow]:
         if source is None:
             note = f"original code not found ({_ORIGINAL}): set INVGLOW_ORIGINAL to its checkout"
             our_time = best_time(our_step, repeat=_REPEAT)
-            return [BenchRow("invglow train step, paper config", our_time, "original", float("nan"), note=note), *rows]
+            return [BenchRow(_STEP_NAME, our_time, "original", float("nan"), note=note), *rows]
         with _original_package(source) as (original_glow, original_init):
             model = original_glow.create_glow_model(
-                hidden_channels=512, K=32, L=3, flow_permutation="invconv", flow_coupling="affine",
+                hidden_channels=512, K=_STEPS, L=3, flow_permutation="invconv", flow_coupling="affine",
                 LU_decomposed=True, n_chans=3,
             )  # fmt: skip
             original_init.init_all_modules(model, torch.rand(_BATCH, *_SHAPE) - 0.5)
@@ -114,7 +117,7 @@ def _glow_rows() -> list[BenchRow]:
     n_ours, n_original = (sum(p.numel() for p in m.parameters()) for m in (ours, model))
     note = f"batch 64, 3×32×32, Adamax, steps interleaved; parameters ours {n_ours:,} vs original {n_original:,}"
     return [
-        BenchRow("invglow train step, paper config", our_time, "original create_glow_model", reference, note=note),
+        BenchRow(_STEP_NAME, our_time, "original create_glow_model", reference, note=note),
         *rows,
     ]
 
