@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,6 @@ from ignite.handlers import (
     ParamScheduler,
     ProgressBar,
     TensorboardLogger,
-    global_step_from_engine,
 )
 from ignite.handlers.tensorboard_logger import WeightsHistHandler
 from tensorboardX.proto.summary_pb2 import Summary
@@ -120,14 +121,35 @@ def setup_tensorboard(
     )
     if optimizer is not None:
         tb_logger.attach_opt_params_handler(trainer, Events.ITERATION_STARTED(every=log_every), optimizer)
-    trainer_epoch = global_step_from_engine(trainer)
     for name, evaluator in (evaluators or {}).items():
-        tb_logger.attach_output_handler(
-            evaluator, Events.COMPLETED, tag=name, metric_names="all", global_step_transform=trainer_epoch
-        )
+        evaluator.add_event_handler(Events.COMPLETED, _log_scalar_metrics, tb_logger, name, trainer)
     if histogram_model is not None:
         tb_logger.attach(trainer, WeightsHistHandler(histogram_model), Events.EPOCH_COMPLETED)
     return tb_logger
+
+
+def _log_scalar_metrics(evaluator: Engine, tb_logger: TensorboardLogger, tag: str, trainer: Engine) -> None:
+    """Log every number among ``evaluator``'s metrics as ``<tag>/<name>`` at the trainer's epoch.
+
+    Metrics that are not numbers (``common.metrics.CollectTensors``' per-sample tensors) are left out, where
+    Ignite's output handler would log one scalar per sample.
+    """
+    for key, value in scalar_metrics(evaluator.state.metrics, tag).items():
+        tb_logger.writer.add_scalar(key, value, trainer.state.epoch)
+
+
+def scalar_metrics(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The numbers in ``metrics`` (nested mappings flattened), keyed ``<prefix>/<name>[/<key>...]``."""
+    found = {}
+    for name, value in metrics.items():
+        key = f"{prefix}/{name}"
+        if isinstance(value, Mapping):
+            found.update(scalar_metrics(value, key))
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            found[key] = float(value)
+        elif isinstance(value, torch.Tensor) and value.ndim == 0:
+            found[key] = float(value.item())
+    return found
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0) -> torch.Tensor:
@@ -194,6 +216,18 @@ def log_pr_curve(
     tb_logger.writer.add_pr_curve(tag, labels, scaled, step, num_thresholds=num_thresholds)
 
 
+class _RotatingDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` whose rotation passes over a file that is gone already.
+
+    A run resumed from an older checkpoint (the newest was unreadable) inherits that checkpoint's list of files, which
+    names files the original run had already rotated away.
+    """
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() == self.save_on_rank:
+            (Path(self.dirname) / filename).unlink(missing_ok=True)
+
+
 def setup_checkpoint(
     run_dir: Path,
     to_save: Mapping[str, Any],
@@ -218,7 +252,7 @@ def setup_checkpoint(
         raise ValueError("setup_checkpoint needs every_epochs or every_iterations")
     checkpoint = Checkpoint(
         dict(to_save),
-        DiskSaver(Path(run_dir) / CHECKPOINT_DIR, atomic=True, require_empty=False),
+        _RotatingDiskSaver(Path(run_dir) / CHECKPOINT_DIR, atomic=True, require_empty=False),
         n_saved=n_saved,
         global_step_transform=lambda engine, _: engine.state.iteration,
         filename_pattern="checkpoint_{global_step}.{ext}",
@@ -232,14 +266,20 @@ def setup_checkpoint(
     return checkpoint
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of ``run_dir`` with the highest iteration, or None if it has none."""
+def checkpoints_newest_first(run_dir: Path) -> list[Path]:
+    """The checkpoints of ``run_dir``, highest iteration first."""
     found = [
         (int(match.group(1)), path)
         for path in (Path(run_dir) / CHECKPOINT_DIR).glob("checkpoint_*.pt")
         if (match := _CHECKPOINT_NAME.fullmatch(path.name))
     ]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of ``run_dir`` with the highest iteration, or None if it has none."""
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
 
 
 def resume_from(checkpoint_path: Path, to_load: Mapping[str, Any]) -> None:
@@ -249,14 +289,33 @@ def resume_from(checkpoint_path: Path, to_load: Mapping[str, Any]) -> None:
         MissingDataError: the file does not exist.
         DataError: torch cannot read it as a weights-only checkpoint.
     """
-    path = Path(checkpoint_path)
+    Checkpoint.load_objects(to_load=dict(to_load), checkpoint=_read_checkpoint(Path(checkpoint_path)))
+
+
+def resume_from_newest_intact(run_dir: Path, to_load: Mapping[str, Any]) -> Path | None:
+    """Load the newest checkpoint of ``run_dir`` that reads back whole; return it (None: there is none).
+
+    A checkpoint that cannot be read (truncated by a crash, a full disk) is passed over with a warning naming it,
+    and the next older one is tried, so a damaged newest file costs the steps since the one before it.
+    """
+    for path in checkpoints_newest_first(run_dir):
+        try:
+            checkpoint = _read_checkpoint(path)
+        except DataError as error:
+            warnings.warn(f"{error}; trying an older checkpoint", stacklevel=2)
+            continue
+        Checkpoint.load_objects(to_load=dict(to_load), checkpoint=checkpoint)
+        return path
+    return None
+
+
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise MissingDataError(path, "Pass a checkpoint_<iteration>.pt from a run's checkpoints/ folder.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # foreign / unsafe, truncated, empty file
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:  # foreign, truncated, empty file
         raise DataError(path, f"not a checkpoint torch can load with weights_only=True ({exc})") from exc
-    Checkpoint.load_objects(to_load=dict(to_load), checkpoint=checkpoint)
 
 
 def count_skipped_steps(engine: Engine) -> None:
@@ -331,7 +390,7 @@ def setup_handlers(
     n_saved: int | None = 2,
     histogram_model: nn.Module | None = None,
     progress: bool | None = None,
-    resume: Path | None = None,
+    resume: bool | Path = False,
 ) -> TrainingHandlers:
     """Wire a training run: scheduler, reproducible epochs, progress, evaluation, tensorboard, checkpoints, resume.
 
@@ -350,7 +409,8 @@ def setup_handlers(
         checkpoint_every_epochs, checkpoint_every_iterations, n_saved: see ``setup_checkpoint``.
         histogram_model: log the histograms of its weights every epoch.
         progress: show progress bars (default: unless ``OOD_REPRO_PROGRESS=0``).
-        resume: a checkpoint to continue from; ``trainer.run`` then picks up at its iteration.
+        resume: a checkpoint file to continue from, or True for the newest intact one in ``run_dir`` if there is
+            one (see ``resume_from_newest_intact``); ``trainer.run`` then picks up at its iteration.
     """
     added = {"trainer", "rng", "lr_scheduler", "checkpointer"} & set(to_save)
     if added:
@@ -376,7 +436,9 @@ def setup_handlers(
         every_iterations=checkpoint_every_iterations,
         n_saved=n_saved,
     )
-    if resume is not None:
+    if resume is True:
+        resume_from_newest_intact(run_dir, {**saved, "checkpointer": checkpoint})
+    elif resume:
         resume_from(resume, {**saved, "checkpointer": checkpoint})
     return TrainingHandlers(checkpoint, saved, tb_logger)
 

@@ -276,3 +276,60 @@ class OODMetrics(Metric):
             raise NotComputableError("OODMetrics must have at least one example before it can be computed")
         columns = samples.numpy()
         return _metrics(columns[:, 0], columns[:, 1] == 1.0)
+
+
+class CollectTensors(Metric):
+    """Every sample's outputs of an evaluation, concatenated, as one Ignite metric exact under ``ignite.distributed``.
+
+    For evaluations whose table needs more than the four metrics: per-image likelihoods (InvGlow), features
+    (Gaussian AD), embeddings and scores (MCHAD). ``update`` takes a mapping name → tensor whose first dimension is
+    the batch (or ``None``, kept as ``None``); ``compute`` returns the same names with the batches concatenated on
+    the CPU, gathered over the ranks in rank order (ranks may hold different numbers of samples). Ignite stores the
+    mapping under the metric's name in ``engine.state.metrics``; a name → (N, ...) tensor.
+
+    Args:
+        output_transform: maps the engine's output to the mapping of tensors.
+        device: device the tensors travel on when gathered (a CUDA device under nccl).
+    """
+
+    def __init__(
+        self, output_transform: Callable[[Any], Any] = lambda output: output, device: str | torch.device = "cpu"
+    ) -> None:
+        self._parts: dict[str, list[torch.Tensor] | None] = {}
+        super().__init__(output_transform, device=device, skip_unrolling=True)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._parts = {}
+
+    @reinit__is_reduced
+    def update(self, output: dict[str, torch.Tensor | None]) -> None:
+        for name, value in output.items():
+            if value is None:
+                self._parts.setdefault(name, None)
+            else:
+                parts = self._parts.setdefault(name, [])
+                if parts is None:
+                    raise ValueError(f"{name}: given as None in an earlier batch and as a tensor now")
+                parts.append(value.detach().cpu())
+
+    def compute(self) -> dict[str, torch.Tensor | None]:
+        if not self._parts:
+            raise NotComputableError("CollectTensors must have at least one batch before it can be computed")
+        return {name: None if parts is None else self._gather(torch.cat(parts)) for name, parts in self._parts.items()}
+
+    def _gather(self, local: torch.Tensor) -> torch.Tensor:
+        if idist.get_world_size() == 1:
+            return local
+        sizes = idist.all_gather(torch.tensor([local.shape[0]], device=self._device)).tolist()
+        shapes = [[size, *local.shape[1:]] for size in sizes]
+        return torch.cat(idist.all_gather_tensors_with_shapes(local.to(self._device), shapes)).cpu()
+
+    @torch.no_grad()
+    def iteration_completed(self, engine: Any) -> None:
+        # Ignite's own reads a mapping output as {"y_pred", "y"}; this metric takes any mapping of named tensors.
+        self.update(self._output_transform(engine.state.output))
+
+    def completed(self, engine: Any, name: str) -> None:
+        # Ignite would flatten a returned dict into ``<key>`` entries; keep the mapping whole under ``name``.
+        engine.state.metrics[name] = self.compute()

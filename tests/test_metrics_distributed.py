@@ -1,4 +1,4 @@
-"""OODMetrics across two gloo processes holding uneven numbers of samples equals the single-process result."""
+"""OODMetrics and CollectTensors across two gloo processes holding uneven numbers of samples equal one process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine
 
-from common.metrics import OODMetrics, ood_metrics
+from common.metrics import CollectTensors, OODMetrics, ood_metrics
 
 # Samples per rank in each scenario: uneven, and one rank holding none at all.
 RANK_SIZES = {"uneven": (37, 150), "rank_without_samples": (0, 64)}
@@ -46,8 +46,29 @@ def worker(local_rank: int, out_dir: str) -> None:
             results[name] = engine.run(data).metrics["ood"]
         else:
             results[name] = metric.compute()  # must still join the gather
+    collected = collect_uneven(rank)
     if rank == 0:
         Path(out_dir, "results.json").write_text(json.dumps(results))
+        torch.save(collected, Path(out_dir, "collected.pt"))
+
+
+def named_tensors(n: int) -> dict[str, torch.Tensor]:
+    """Per-sample outputs of several dtypes and shapes, as an evaluator would collect (features, ids)."""
+    generator = torch.Generator().manual_seed(n)
+    return {"features": torch.randn(n, 3, 2, generator=generator), "ids": torch.arange(n) * 7}
+
+
+def collect_uneven(rank: int) -> dict[str, torch.Tensor | None]:
+    """CollectTensors over this rank's share (batches of 16) of named_tensors(sum of RANK_SIZES["uneven"])."""
+    sizes = RANK_SIZES["uneven"]
+    everything = named_tensors(sum(sizes))
+    start = sum(sizes[:rank])
+    mine = {name: value[start : start + sizes[rank]] for name, value in everything.items()}
+    batches = [{name: value[i : i + 16] for name, value in mine.items()} | {"absent": None}
+               for i in range(0, sizes[rank], 16)]  # fmt: skip
+    engine = Engine(lambda _, batch: batch)
+    CollectTensors().attach(engine, "collected")
+    return engine.run(batches).metrics["collected"]
 
 
 def free_port() -> int:
@@ -63,3 +84,15 @@ def test_two_gloo_ranks_with_uneven_samples_match_one_process(tmp_path: Path) ->
     assert set(results) == set(RANK_SIZES)
     for name in RANK_SIZES:
         assert results[name] == ood_metrics(*scenario_data(name)), name
+    collected = torch.load(tmp_path / "collected.pt", weights_only=True)
+    expected = named_tensors(sum(RANK_SIZES["uneven"]))
+    assert collected.keys() == {"features", "ids", "absent"} and collected["absent"] is None
+    for name, value in expected.items():
+        assert torch.equal(collected[name], value), name
+
+
+def test_collect_tensors_in_one_process_concatenates_batches_in_order() -> None:
+    collected = collect_uneven(0)  # one process: rank 0's share only
+    expected = named_tensors(sum(RANK_SIZES["uneven"]))
+    assert torch.equal(collected["features"], expected["features"][: RANK_SIZES["uneven"][0]])
+    assert collected["ids"].dtype == torch.int64 and collected["absent"] is None

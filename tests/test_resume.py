@@ -81,7 +81,7 @@ def make_loader(kind: str, dataset: Dataset) -> Iterable:
 
 
 def build_run(
-    run_dir: Path, kind: str, resume: Path | None = None
+    run_dir: Path, kind: str, resume: bool | Path = False
 ) -> tuple[Engine, Iterable, nn.Module, TrainingHandlers]:
     """Fresh model, optimizer, scheduler, data and engines, as a new process would build them."""
     seed_everything(SEED)
@@ -122,7 +122,7 @@ def build_run(
     return trainer, loader, model, handlers
 
 
-def train(run_dir: Path, kind: str, resume: Path | None = None, crash_at: int | None = None) -> tuple[nn.Module, int]:
+def train(run_dir: Path, kind: str, resume: bool | Path = False, crash_at: int | None = None) -> tuple[nn.Module, int]:
     """Train to EPOCHS; return the model and how many iterations this call ran."""
     trainer, loader, model, handlers = build_run(run_dir, kind, resume)
     ran = []
@@ -175,6 +175,23 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(
     assert iterations == TOTAL_ITERATIONS - resumed_at
     for name, value in model.state_dict().items():
         assert torch.equal(value, uninterrupted[name]), name
+
+
+def test_a_truncated_newest_checkpoint_is_passed_over_for_the_newest_intact_one(
+    tmp_path: Path, kind: str, uninterrupted: dict[str, torch.Tensor]
+) -> None:
+    newest = crash(tmp_path, 23, kind)  # checkpoints at 15 and 20
+    newest.write_bytes(newest.read_bytes()[:1000])  # a crash while it was written by something non-atomic
+    with pytest.warns(UserWarning, match=r"checkpoint_20\.pt: not a checkpoint.*trying an older checkpoint"):
+        model, iterations = train(tmp_path, kind, resume=True)
+    assert iterations == TOTAL_ITERATIONS - 15
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, uninterrupted[name]), name
+
+
+def test_resume_true_without_checkpoints_starts_from_scratch(tmp_path: Path) -> None:
+    _, iterations = train(tmp_path, "sampler", resume=True)
+    assert iterations == TOTAL_ITERATIONS
 
 
 def test_resume_without_the_random_states_diverges(
