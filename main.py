@@ -1,12 +1,17 @@
-"""Reproduce the tables of the four papers: ``python main.py`` runs every registered paper at the demo scale.
+"""Reproduce the tables of the four papers: ``python main.py`` runs every paper at the demo scale.
 
 Commands::
 
-    python main.py                          every registered paper, demo scale, tables printed
+    python main.py                          every paper, demo scale, tables printed
     python main.py PAPER [EXPERIMENT ...]   one paper (all or some experiments); --scale, --seeds, --epochs, ...
+    python main.py PAPER --list-cells       the cells of its tables, their state and what each needs
     python main.py list                     papers, experiments, scales and datasets
-    python main.py report                   markdown tables (paper value, ours, difference) of the newest runs
+    python main.py report [--runs DIR]      tables assembled from the cell results under DIR
     python main.py download DATASET ...     fetch datasets whose owners allow a download
+
+Every table is a set of cells (one training and/or evaluation each) that run in any order, in any number of
+processes, and merge: --cells GLOB runs some of them, --shard I/N one of N parts, --run-name NAME puts every
+process in the same run folder, --resume RUN continues a run as it was started.
 
 The per-paper functions ``invglow()``, ``mchad()``, ``gaussian_ad()`` and ``memae()`` do the same from Python.
 """
@@ -14,81 +19,206 @@ The per-paper functions ``invglow()``, ``mchad()``, ``gaussian_ad()`` and ``mema
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import folder_locations
-from common.papers import SCALES, RunOptions, discover_papers, get_paper
-from common.results import ResultRow, RunRecord, latest_results, render_markdown, rows_of, write_results
+from common.cells import SCALES, Paper, RunContext, Settings
+from common.errors import DataError, UsageError
+from common.results import ResultRow, render_markdown
+
+
+class PaperModule(NamedTuple):
+    """Where a paper's ``PAPER`` (experiments, cells, tables) is defined, and a title for ``--help``."""
+
+    module: str
+    title: str
+
+
+PAPER_MODULES = {
+    "invglow": PaperModule("invglow.experiments", "Schirrmeister et al., NeurIPS 2020: Glow likelihoods"),
+    "mchad": PaperModule("mchad.experiments", "Kirchheim et al., ICPR 2022: multi-class hypersphere AD"),
+    "gaussian_ad": PaperModule("gaussian_ad.experiments", "Rippel et al., ICPR 2020: Gaussian AD on EfficientNet"),
+    "memae": PaperModule("memae.experiments", "Gong et al., ICCV 2019: MemAE, and C-MemAE"),
+}
+"""The four papers in run order; a package is imported only when its paper is used."""
+
+
+def get_paper(name: str) -> Paper:
+    """The paper called ``name`` (its package is imported on first use)."""
+    if name not in PAPER_MODULES:
+        raise UsageError(f"unknown paper {name!r}; papers: {', '.join(PAPER_MODULES)}")
+    return importlib.import_module(PAPER_MODULES[name].module).PAPER
+
+
+def experiment_names(paper: Paper, scale: str) -> list[str]:
+    """The paper's experiments that exist at ``scale``, in order."""
+    return [experiment.name for experiment in paper.experiments if scale in experiment.scales]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The command line's run options, also the keyword arguments of :func:`invglow`, :func:`memae`, ...
+
+    ``scale``, ``seeds`` and ``epochs`` left at None take the experiment's defaults (demo scale) in a new run, and
+    the run's recorded values with ``resume``; given with ``resume``, they must equal the recorded ones.
+    ``cells`` are shell-style patterns on cell ids, ``shard`` is "I/N"; ``run_name`` names the run folder
+    ``<output>/<paper>/<experiment>/<run_name>`` (new or existing), so several processes can share it.
+    """
+
+    scale: str | None = None
+    seeds: tuple[int, ...] | None = None
+    epochs: int | None = None
+    resume: Path | None = None
+    output: Path | None = None
+    run_name: str | None = None
+    cells: tuple[str, ...] = ()
+    shard: str | None = None
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("resume", "output"):  # the Python API may pass text
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "cells", (self.cells,) if isinstance(self.cells, str) else tuple(self.cells))
+
+    def settings(self) -> Settings:
+        """The settings of a new run."""
+        try:
+            return Settings(self.scale or "demo", self.seeds, self.epochs)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+
+    def given_settings(self) -> dict[str, object]:
+        """The settings given explicitly (None: not given), to check against a resumed run's."""
+        return {"scale": self.scale, "seeds": self.seeds, "epochs": self.epochs}
 
 
 def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> list[ResultRow]:
-    """Run the named experiments of paper ``name`` (all when empty); write and print their result tables."""
-    from common.run import create_run_dir
+    """Run the cells of the named experiments of paper ``name`` (all when empty); print and return the tables.
+
+    Rows are returned for every experiment whose cells are all finished after this call.
+    """
+    from common import runner
 
     options = options or RunOptions()
     paper = get_paper(name)
-    resumed = resumed_run_dir(options.resume) if options.resume else None
-    run_scale = recorded_scale(resumed) if resumed is not None else None
-    if run_scale not in (None, options.scale):
-        raise ValueError(
-            f"--resume {resumed}: the run was started at the {run_scale!r} scale, not {options.scale!r};"
-            f" resume it with --scale {run_scale}"
-        )
-    if resumed is not None and not experiments:
-        experiments = [resumed.parent.name]  # runs live in <paper>/<experiment>/<run>/
-    if experiments:
-        chosen = [paper.experiment(e) for e in experiments]
-    else:  # all of the paper's experiments that exist at this scale
-        chosen = [e for e in paper.experiments if options.scale in e.scales]
-    if resumed is not None and len(chosen) != 1:
-        raise ValueError(f"--resume continues one run, {resumed}; name one experiment, not {len(chosen)}")
-    rows: list[ResultRow] = []
-    for experiment in chosen:
-        if options.scale not in experiment.scales:
-            raise ValueError(
-                f"{name}/{experiment.name} has no {options.scale!r} scale; scales: {', '.join(experiment.scales)}"
+    if options.resume is not None:
+        folder = runner.find_run_folder(options.resume)
+        recorded = runner.read_recorded_run(folder)
+        if recorded.paper != name or any(e != recorded.experiment for e in experiments):
+            asked = "/".join([name, *experiments])
+            raise UsageError(
+                f"--resume {folder} is a run of {recorded.paper}/{recorded.experiment}, not {asked}; "
+                "nothing in it was touched"
             )
-        run_dir = resumed or create_run_dir(name, experiment.name, options.output)
-        experiment_rows = experiment.function(options, run_dir)
-        write_results(run_dir, RunRecord(name, experiment.name, experiment_rows, config=asdict(options)))
-        print(render_markdown(experiment_rows), flush=True)
-        print(f"\n(results, tensorboard logs and checkpoints in {run_dir})\n", flush=True)
-        rows.extend(experiment_rows)
+        settings = runner.merge_settings(recorded, options.given_settings())
+        chosen, folders = [recorded.experiment], {recorded.experiment: folder}
+    else:
+        settings = options.settings()
+        chosen, folders = list(experiments) or experiment_names(paper, settings.scale), {}
+    shard = runner.parse_shard(options.shard) if options.shard else None
+    if shard and options.resume is None and options.run_name is None:
+        raise UsageError("--shard needs --run-name NAME (or --resume RUN): every shard must write into one run folder")
+    plans = [runner.plan(paper, _experiment(paper, e), settings) for e in chosen]
+    selections = runner.select(plans, options.cells, shard)
+    rows: list[ResultRow] = []
+    for run_plan, cells in zip(plans, selections, strict=True):
+        if not cells:
+            continue
+        run_dir = folders.get(run_plan.experiment.name) or _run_folder(run_plan, options)
+        runner.open_run_folder(run_plan, run_dir)
+        context = RunContext(
+            paper=name,
+            experiment=run_plan.experiment.name,
+            settings=settings,
+            config=run_plan.config,
+            run_dir=run_dir,
+            device=_device(options.device),
+            progress=options.progress,
+        )
+        outcome = runner.run_plan(run_plan, cells, context)
+        rows.extend(_print_outcome(run_plan, run_dir, outcome))
     return rows
 
 
-def resumed_run_dir(resume: Path) -> Path:
-    """The run folder that ``--resume`` names: a run folder, a folder inside one, or a checkpoint file inside one.
-
-    That is the nearest folder, from ``resume`` up, whose ``config.json`` records the run's scale (checkpoints may
-    sit in a training stage's sub-folder, as InvGlow's ``<run>/<stage>/seed<s>/checkpoints/``); without one,
-    ``resume`` itself, or for a file the folder of ``checkpoints/`` or of the file. Experiments resume each of
-    their trainings from the newest checkpoint under it.
-    """
-    resume = resume.expanduser()
-    if not resume.exists():
-        raise FileNotFoundError(f"--resume {resume}: no such run folder or checkpoint file")
-    start = resume if resume.is_dir() else resume.parent
-    recorded = [folder for folder in (start, *start.parents) if recorded_scale(folder) is not None]
-    if recorded:
-        return recorded[0]
-    if resume.is_dir():
-        return resume
-    return resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
+def _experiment(paper: Paper, name: str):
+    try:
+        return paper.experiment(name)
+    except KeyError as error:
+        raise UsageError(error.args[0]) from None
 
 
-def recorded_scale(run_dir: Path) -> str | None:
-    """The scale a run was started with, from its ``config.json`` (``config.options.scale``); None if unrecorded."""
-    from common.run import CONFIG_FILE
+def _device(name: str):
+    from common.run import resolve_device
 
     try:
-        return json.loads((run_dir / CONFIG_FILE).read_text())["config"]["options"]["scale"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return resolve_device(name)
+    except ValueError as error:
+        raise UsageError(f"--device {name}: {error}") from None
+
+
+def _run_folder(run_plan, options: RunOptions) -> Path:
+    from common.run import create_run_dir
+
+    try:
+        return create_run_dir(run_plan.paper.name, run_plan.experiment.name, options.output, options.run_name)
+    except ValueError as error:
+        raise UsageError(f"--run-name: {error}") from None
+
+
+def _print_outcome(run_plan, run_dir: Path, outcome) -> list[ResultRow]:
+    from common import runner
+
+    if outcome.rows is not None:
+        print(render_markdown(outcome.rows), flush=True)
+        print(f"\n(results, tensorboard logs and checkpoints in {run_dir})\n", flush=True)
+        return outcome.rows
+    left = runner.pending(run_plan, run_dir)
+    print(
+        f"{run_plan.paper.name}/{run_plan.experiment.name}: {len(run_plan.cells) - len(left)} of "
+        f"{len(run_plan.cells)} cells finished in {run_dir} ({len(outcome.running_elsewhere)} running in other "
+        f"processes); `python main.py report --runs {run_dir}` assembles the table once all are",
+        flush=True,
+    )
+    return []
+
+
+def list_paper_cells(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> str:
+    """One line per cell of the chosen experiments: id, state (done / running / pending) and the ids it needs.
+
+    States are those in the run folder of ``options.resume`` or ``options.run_name``; without one, every cell is
+    pending. Nothing is created or changed.
+    """
+    from common import runner
+
+    options = options or RunOptions()
+    paper = get_paper(name)
+    folders: dict[str, Path] = {}
+    if options.resume is not None:
+        recorded = runner.read_recorded_run(runner.find_run_folder(options.resume))
+        settings = runner.merge_settings(recorded, options.given_settings())
+        chosen, folders = [recorded.experiment], {recorded.experiment: recorded.folder}
+    else:
+        settings = options.settings()
+        chosen = list(experiments) or experiment_names(paper, settings.scale)
+    lines = []
+    for experiment in chosen:
+        run_plan = runner.plan(paper, _experiment(paper, experiment), settings)
+        folder = folders.get(experiment)
+        if folder is None and options.run_name is not None:
+            candidate = (options.output or folder_locations.runs_root()) / name / experiment / options.run_name
+            folder = candidate if candidate.is_dir() else None
+        lines += runner.list_cells(run_plan, folder)
+    return "\n".join(lines)
 
 
 def invglow(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]:
@@ -111,64 +241,51 @@ def memae(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]
     return run_paper("memae", experiments, RunOptions(**options))
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scale", choices=SCALES, help="demo (CPU, minutes; the default) or paper (GPU); --resume: the run's own"
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the experiment's)")
-    parser.add_argument("--epochs", type=int, help="override the number of training epochs")
-    parser.add_argument("--resume", type=Path, help="checkpoint file or run folder to resume from")
-    parser.add_argument("--output", type=Path, help=f"runs root (default {folder_locations.runs_root()})")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--nproc-per-node", type=int, help="processes to spawn with torch.distributed")
-    parser.add_argument("--backend", choices=("gloo", "nccl"), help="torch.distributed backend")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+def report(runs: Path | None = None, paper: str | None = None) -> str:
+    """Markdown tables assembled from the cell results of the newest run of each experiment under ``runs``.
 
+    ``runs`` may be a runs root, a folder below it, or one run folder (shards copied together from several
+    machines included). A run with unfinished cells is listed with how many are left.
+    """
+    from common import runner
 
-def _options(args: argparse.Namespace) -> RunOptions:
-    scale = args.scale or (args.resume and recorded_scale(resumed_run_dir(args.resume))) or "demo"
-    return RunOptions(
-        scale=scale,
-        seeds=tuple(args.seeds) if args.seeds else None,
-        epochs=args.epochs,
-        resume=args.resume,
-        output=args.output,
-        device=args.device,
-        nproc_per_node=args.nproc_per_node,
-        backend=args.backend,
-        progress=not args.no_progress,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per registered paper plus all, list, report and download."""
-    papers = discover_papers()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_run_options(commands.add_parser("all", help="every registered paper (the default command)"))
-    commands.add_parser("list", help="papers, experiments, scales and datasets")
-    report = commands.add_parser("report", help="markdown tables of the newest runs")
-    report.add_argument("--runs", type=Path, help=f"runs root (default {folder_locations.runs_root()})")
-    report.add_argument("--paper", help="only this paper")
-    download = commands.add_parser("download", help="download datasets whose owners allow it")
-    download.add_argument("datasets", nargs="+", metavar="DATASET")
-    download.add_argument("--root", type=Path, help=f"data root (default {folder_locations.data_root()})")
-    for paper in papers.values():
-        sub = commands.add_parser(paper.name, help=paper.citation)
-        sub.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="default: all of them")
-        _add_run_options(sub)
-    return parser
+    runs = runs or folder_locations.runs_root()
+    newest: dict[tuple[str, str], tuple[str, runner.RecordedRun]] = {}
+    for path in sorted(Path(runs).rglob("config.json")):
+        try:
+            recorded = runner.read_recorded_run(path.parent)
+            saved = str(json.loads(path.read_text()).get("saved", ""))
+        except UsageError:
+            continue
+        key = (recorded.paper, recorded.experiment)
+        if (paper is None or recorded.paper == paper) and (key not in newest or saved >= newest[key][0]):
+            newest[key] = (saved, recorded)
+    blocks = []
+    for key in sorted(newest, key=lambda k: (list(PAPER_MODULES).index(k[0]) if k[0] in PAPER_MODULES else 99, k)):
+        recorded = newest[key][1]
+        run_plan = runner.plan(get_paper(recorded.paper), _experiment(get_paper(recorded.paper), recorded.experiment),
+                               recorded.settings)  # fmt: skip
+        rows = runner.assemble(run_plan, recorded.folder)
+        if rows is None:
+            left = len(runner.pending(run_plan, recorded.folder))
+            blocks.append(
+                f"{key[0]}/{key[1]} ({recorded.folder}): {left} of {len(run_plan.cells)} cells not finished; "
+                f"`python main.py {key[0]} --resume {recorded.folder}` runs them"
+            )
+        else:
+            blocks.append(f"{render_markdown(rows)}\n\n(run folder: {recorded.folder})")
+    if not blocks:
+        return f"No runs under {runs} yet: run `python main.py` first."
+    return "\n\n".join(blocks)
 
 
 def list_everything() -> str:
-    """Text listing of registered papers (with experiments and scales) and datasets."""
+    """Text listing of the papers (with experiments and scales) and datasets."""
     from common.datasets import DATASETS
 
-    papers = discover_papers()
     lines = ["Papers:"]
-    if not papers:
-        lines.append("  no paper registered yet")
-    for paper in papers.values():
+    for name in PAPER_MODULES:
+        paper = get_paper(name)
         lines.append(f"  {paper.name}: {paper.citation}")
         for experiment in paper.experiments:
             lines.append(f"    {experiment.name} [{', '.join(experiment.scales)}]: {experiment.description}")
@@ -179,23 +296,10 @@ def list_everything() -> str:
     return "\n".join(lines)
 
 
-def report(runs: Path | None = None, paper: str | None = None) -> str:
-    """Markdown tables of the newest results under ``runs`` (default: the runs root)."""
-    runs = runs or folder_locations.runs_root()
-    records = latest_results(runs, paper)
-    if not records:
-        registered = discover_papers()
-        if not registered:
-            return "No paper is registered yet, so there are no results to report."
-        return f"No results under {runs} yet: run `python main.py` first."
-    return render_markdown(rows_of(records))
-
-
 def download(names: Sequence[str], root: Path | None = None) -> int:
     """Fetch each dataset in ``names``; print where it is, or the one-line reason it could not be fetched."""
     from common.datasets import DATASETS
     from common.datasets.sources import fetch
-    from common.errors import DataError
 
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
@@ -211,27 +315,84 @@ def download(names: Sequence[str], root: Path | None = None) -> int:
     return 1 if failed else 0
 
 
+def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
+    parser.add_argument("--scale", choices=SCALES, help="demo (CPU, minutes; the default) or paper (GPU)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the experiment's)")
+    parser.add_argument("--epochs", type=int, help="override the number of training epochs")
+    parser.add_argument("--output", type=Path, help=f"runs root (default {folder_locations.runs_root()})")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if not cells:
+        return
+    parser.add_argument("--resume", type=Path, help="continue this run folder (or a folder or file inside it)")
+    parser.add_argument(
+        "--run-name", help="run folder <output>/<paper>/<experiment>/NAME, new or shared with other processes"
+    )
+    parser.add_argument(
+        "--cells", action="append", default=[], metavar="GLOB", help="run only cells whose id matches (repeatable)"
+    )
+    parser.add_argument("--shard", metavar="I/N", help="run the I-th of N parts of the cells (needs --run-name)")
+    parser.add_argument("--list-cells", action="store_true", help="print the cells, their state and needs; run none")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per paper plus all, list, report and download."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_options(commands.add_parser("all", help="every paper (the default command)"), cells=False)
+    commands.add_parser("list", help="papers, experiments, scales and datasets")
+    report_parser = commands.add_parser("report", help="tables assembled from the cell results of the newest runs")
+    report_parser.add_argument(
+        "--runs", type=Path, help=f"runs root or run folder (default {folder_locations.runs_root()})"
+    )
+    report_parser.add_argument("--paper", choices=tuple(PAPER_MODULES), help="only this paper")
+    download_parser = commands.add_parser("download", help="download datasets whose owners allow it")
+    download_parser.add_argument("datasets", nargs="+", metavar="DATASET")
+    download_parser.add_argument("--root", type=Path, help=f"data root (default {folder_locations.data_root()})")
+    for name, entry in PAPER_MODULES.items():
+        sub = commands.add_parser(name, help=entry.title)
+        sub.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="default: all of them")
+        _add_run_options(sub, cells=True)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        scale=args.scale,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        epochs=args.epochs,
+        resume=getattr(args, "resume", None),
+        output=args.output,
+        run_name=getattr(args, "run_name", None),
+        cells=tuple(getattr(args, "cells", ())),
+        shard=getattr(args, "shard", None),
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python main.py``; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    """Entry point of ``python main.py``; returns the process exit code (2: a usage or data error, one line)."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
     command = args.command or "all"
-    if command == "list":
-        print(list_everything())
-    elif command == "report":
-        print(report(args.runs, args.paper))
-    elif command == "download":
-        return download(args.datasets, args.root)
-    elif command == "all":
-        papers = discover_papers()
-        if not papers:
-            print("No paper is registered yet: nothing to run. `python main.py list` shows what exists.")
-            return 0
-        options = _options(args) if args.command else RunOptions()
-        for name in papers:
-            run_paper(name, (), options)
-    else:
-        run_paper(command, args.experiments, _options(args))
+    try:
+        if command == "list":
+            print(list_everything())
+        elif command == "report":
+            print(report(args.runs, args.paper))
+        elif command == "download":
+            return download(args.datasets, args.root)
+        elif command == "all":
+            options = _options(args) if args.command else RunOptions()
+            for name in PAPER_MODULES:
+                run_paper(name, (), options)
+        elif args.list_cells:
+            print(list_paper_cells(command, args.experiments, _options(args)))
+        else:
+            run_paper(command, args.experiments, _options(args))
+    except (UsageError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -77,16 +77,19 @@ def bench_extraction(name: str = "efficientnet-b4", batch: int = 4) -> BenchRow:
 def bench_category(category: str = "bottle") -> BenchRow:
     """One synthetic category end to end with Lite0 (extraction + 5 folds × 9 levels MVG); sklearn for the fits."""
     from gaussian_ad.config import CONFIGS
-    from gaussian_ad.experiments import category_features, fold_mean_aurocs, run_folds
-    from gaussian_ad.protocol import Variant, fold_train_indices
+    from gaussian_ad.data import category_features
+    from gaussian_ad.engine import fit
+    from gaussian_ad.protocol import CategoryFeatures, Variant, fold_mean_aurocs, fold_train_indices
 
     config = CONFIGS["demo"]
     start = time.perf_counter()
-    features = category_features(config, "efficientnet-lite0", category, torch.device("cpu"), progress=False)
+    features = CategoryFeatures(
+        **category_features(config, "efficientnet-lite0", category, torch.device("cpu"), progress=False)
+    )
     extraction_s = time.perf_counter() - start
 
     def ours() -> np.ndarray:
-        return fold_mean_aurocs(run_folds(features, Variant("mvg"), config), features.test_labels)
+        return fold_mean_aurocs(fit(features, Variant("mvg")), features.test_labels)
 
     def reference() -> None:
         for indices in fold_train_indices(len(features.train[0])):

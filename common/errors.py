@@ -26,3 +26,10 @@ class MissingDataError(DataError, FileNotFoundError):
 
 class DownloadError(DataError):
     """A download failed or its checksum did not match."""
+
+
+class UsageError(ValueError):
+    """A command-line option or a run folder that cannot be used as asked; the message says what and why.
+
+    ``main.py`` prints it as one line and exits with status 2.
+    """

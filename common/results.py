@@ -19,10 +19,49 @@ RESULTS_FILE = "results.json"
 
 
 @dataclass(frozen=True)
-class ResultRow:
-    """One cell of a manuscript table: where it is, our value, the published value and the spread over seeds.
+class Published:
+    """A number a manuscript prints, with its own ± where it gives one (None when it does not)."""
 
-    Values are in the unit the paper prints (e.g. AUROC in percent when the paper prints percent).
+    value: float | None
+    spread: float | None = None
+
+
+NOT_PUBLISHED = Published(None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spread:
+    """Which ± a table shows: the statistic, its ddof and what it runs over (e.g. "seeds × OOD sets")."""
+
+    statistic: str  # "SEM" or "std"
+    ddof: int
+    over: str
+
+    def __post_init__(self) -> None:
+        if self.statistic not in ("SEM", "std"):
+            raise ValueError(f"statistic: expected 'SEM' or 'std', got {self.statistic!r}")
+
+    def describe(self) -> str:
+        """E.g. "SEM (ddof 1) over seeds × OOD sets"."""
+        return f"{self.statistic} (ddof {self.ddof}) over {self.over}"
+
+    def of(self, values: Sequence[float]) -> tuple[float, float | None]:
+        """Mean of ``values`` and this spread of them (None for a single value)."""
+        if len(values) == 0:
+            raise ValueError("values: nothing to average")
+        mean = math.fsum(values) / len(values)
+        if len(values) < 2 or len(values) <= self.ddof:
+            return mean, None
+        variance = math.fsum((value - mean) ** 2 for value in values) / (len(values) - self.ddof)
+        return mean, math.sqrt(variance / len(values) if self.statistic == "SEM" else variance)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultRow:
+    """One cell of a manuscript table: where it is, our value and its spread, and the published value and its ±.
+
+    Values are in the unit the paper prints (e.g. AUROC in percent when the paper prints percent). ``spread_kind``
+    says what ``spread`` is (:meth:`Spread.describe`); ``n`` is how many values the mean is over.
     """
 
     paper: str
@@ -30,8 +69,11 @@ class ResultRow:
     row: str
     column: str
     ours: float | None
-    paper_value: float | None = None
     spread: float | None = None
+    spread_kind: str = ""
+    n: int = 1
+    paper_value: float | None = None
+    paper_spread: float | None = None
     seeds: tuple[int, ...] = ()
     scale: str = "demo"
     note: str = ""
@@ -44,6 +86,25 @@ class ResultRow:
         return self.ours - self.paper_value
 
 
+def summary_row(
+    values: Sequence[float], spread: Spread, published: Published = NOT_PUBLISHED, **where: Any
+) -> ResultRow:
+    """A row whose ``ours`` is the mean of ``values`` with ``spread`` of them, beside the published value.
+
+    ``where`` holds the other :class:`ResultRow` fields (paper, table, row, column, seeds, scale, note).
+    """
+    mean, value_spread = spread.of(values)
+    return ResultRow(
+        ours=mean,
+        spread=value_spread,
+        spread_kind=spread.describe(),
+        n=len(values),
+        paper_value=published.value,
+        paper_spread=published.spread,
+        **where,
+    )
+
+
 @dataclass
 class RunRecord:
     """What ``results.json`` holds: the rows plus where and how they were produced."""
@@ -52,17 +113,6 @@ class RunRecord:
     experiment: str
     rows: list[ResultRow]
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def mean_and_sem(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and standard error of the mean (ddof 1, as pandas' ``sem``); the SEM is None for a single value."""
-    if len(values) == 0:
-        raise ValueError("values: nothing to average")
-    mean = math.fsum(values) / len(values)
-    if len(values) == 1:
-        return mean, None
-    variance = math.fsum((value - mean) ** 2 for value in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -98,48 +148,34 @@ def read_results(path: str | Path) -> RunRecord:
         raise ValueError(f"{path}: not a results file written by this suite ({error})") from error
 
 
-def latest_results(runs_root: str | Path, paper: str | None = None) -> list[RunRecord]:
-    """The newest ``results.json`` of every (paper, experiment) under ``runs_root``.
-
-    Runs are laid out as ``<runs_root>/<paper>/<experiment>/<run>/results.json``; the newest is the one most
-    recently written.
-    """
-    newest: dict[tuple[str, str], tuple[float, Path]] = {}
-    for path in Path(runs_root).glob(f"{paper or '*'}/*/*/{RESULTS_FILE}"):
-        key = (path.parts[-4], path.parts[-3])
-        modified = path.stat().st_mtime
-        if key not in newest or modified > newest[key][0]:
-            newest[key] = (modified, path)
-    return [read_results(path) for _, path in (newest[key] for key in sorted(newest))]
-
-
 def _format(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
 def render_markdown(rows: Iterable[ResultRow], digits: int = 2) -> str:
-    """Markdown tables, one per (paper, table): row, column, paper value, ours ± spread, difference."""
+    """Markdown tables, one per (paper, table): paper value ± its spread, ours ± ours, difference, n.
+
+    The heading names the scale and what our ± is (e.g. "± = SEM (ddof 1) over seeds × OOD sets").
+    """
     groups: dict[tuple[str, str], list[ResultRow]] = {}
     for row in rows:
         groups.setdefault((row.paper, row.table), []).append(row)
     blocks = []
     for (paper, table), table_rows in groups.items():
-        scales = sorted({row.scale for row in table_rows})
+        scales = ", ".join(sorted({row.scale for row in table_rows}))
+        kinds = "; ".join(dict.fromkeys(row.spread_kind for row in table_rows if row.spread_kind)) or "none"
         lines = [
-            f"### {paper}: {table} (scale: {', '.join(scales)})",
+            f"### {paper}: {table} (scale: {scales})",
             "",
-            "| row | column | paper | ours | ± | ours − paper | seeds |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            f"ours ± = {kinds}",
+            "",
+            "| row | column | paper | paper ± | ours | ours ± | ours − paper | n |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for row in table_rows:
+            numbers = (row.paper_value, row.paper_spread, row.ours, row.spread, row.difference)
             lines.append(
-                f"| {row.row} | {row.column} | {_format(row.paper_value, digits)} | {_format(row.ours, digits)} "
-                f"| {_format(row.spread, digits)} | {_format(row.difference, digits)} | {len(row.seeds) or ''} |"
+                f"| {row.row} | {row.column} | {' | '.join(_format(value, digits) for value in numbers)} | {row.n} |"
             )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
-
-
-def rows_of(records: Sequence[RunRecord]) -> list[ResultRow]:
-    """All rows of several run records, in order."""
-    return [row for record in records for row in record.rows]

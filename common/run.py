@@ -47,7 +47,6 @@ from ignite.utils import manual_seed
 from torch.utils.data import DistributedSampler
 
 import folder_locations
-from common.files import write_json_atomically
 
 CONFIG_FILE = "config.json"
 
@@ -282,43 +281,26 @@ def _make_run_folder(parent: Path, run_name: str | None) -> Path:
     raise FileExistsError(f"{parent / stamp}: 999 runs started in the same second")
 
 
-def save_run_config(run_dir: Path, config: Any) -> Path:
-    """Write ``run_dir/config.json`` (rank 0 only, atomically): the resolved config, library versions, git commit.
-
-    Args:
-        run_dir: the run's folder.
-        config: a dataclass instance or a mapping (dataclasses inside it become objects too); values JSON cannot
-            hold (paths, dtypes, ...) are written as text.
-
-    Returns:
-        The path of ``config.json``.
-    """
-    if not isinstance(config, Mapping) and not _is_dataclass_instance(config):
-        raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
-    resolved = _plain(config)
-    path = Path(run_dir) / CONFIG_FILE
-    if idist.get_rank() == 0:
-        record = {
-            "config": resolved,
-            "world_size": idist.get_world_size(),
-            "versions": library_versions(),
-            "git": _git_state(),
-            "saved": datetime.now().isoformat(timespec="seconds"),
-        }
-        write_json_atomically(path, record)
-    return path
+def run_metadata() -> dict[str, Any]:
+    """What a ``config.json`` records beside the configuration: world size, library versions, git commit, time."""
+    return {
+        "world_size": idist.get_world_size(),
+        "versions": library_versions(),
+        "git": _git_state(),
+        "saved": datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def _is_dataclass_instance(value: Any) -> bool:
     return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """``value`` with every dataclass instance, also inside mappings, turned into a dict (for JSON)."""
     if _is_dataclass_instance(value):
         return dataclasses.asdict(value)
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     return value
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.cells import Settings
 from common.datasets.mvtec import MVTEC_CATEGORIES
+from common.errors import UsageError
 from gaussian_ad.synthetic_mvtec import CATEGORIES as SYNTHETIC_CATEGORIES
 
 
@@ -79,3 +81,19 @@ CONFIGS = {
         image_size=224,
     ),
 }
+
+
+def configure(settings: Settings) -> GaussianADConfig:
+    """The configuration of ``settings.scale``.
+
+    Raises:
+        UsageError: ``--seeds`` or ``--epochs`` given: nothing is trained (the Gaussians are closed-form fits) and
+            the only random choices, the folds and the augmentation, are seeded by ``fold_seed`` as in the paper.
+    """
+    for name in ("seeds", "epochs"):
+        if getattr(settings, name) is not None:
+            raise UsageError(
+                f"gaussian_ad: --{name} does not apply: nothing is trained and the folds and augmentation are seeded "
+                "by the protocol (fold_seed)"
+            )
+    return CONFIGS[settings.scale]

@@ -1,23 +1,29 @@
-"""Ignite engines of Gaussian AD: feature extraction (the only pass over images) with a progress bar.
+"""Ignite engine of Gaussian AD (Rippel et al., ICPR 2020) and ``fit``, the one way this paper fits its model.
 
-There is no gradient training: "fitting" is the closed-form statistics of :mod:`gaussian_ad.statistics`, run on
-the features these engines collect. Images enter as uint8 at the backbone's resolution and are scaled to [0, 1]
-and normalised with the ImageNet mean / std (albumentations' ``Normalize`` defaults, note §1.4).
+There is no gradient training. The only pass over images is the feature extractor here: an Ignite evaluator whose
+pooled level features are gathered by the ``CollectTensors`` metric. Images enter as uint8 at the backbone's
+resolution and are scaled to [0, 1] and normalised with the ImageNet mean / std (albumentations' ``Normalize``
+defaults, note §1.4). "Training" is :func:`fit`: the closed-form statistics of :mod:`gaussian_ad.statistics`
+(mean + Ledoit-Wolf per level, optionally after PCA / NPCA) fitted on every fold of one category and scored on its
+test split (Sec. IV, note §1.11).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from common.handlers import attach_progress
 from common.loaders import TensorBatchLoader
+from common.metrics import CollectTensors
 from common.transforms import BatchPipeline, normalize, to_float
 from gaussian_ad.backbones import IMAGENET_MEAN, IMAGENET_STD
+from gaussian_ad.protocol import CategoryFeatures, FoldResult, Variant, evaluate_fold, fold_train_indices
 
-FEATURES = "features"  # engine.state attribute collecting the pooled features per level
+FEATURES = "features"  # the CollectTensors metric holding the pooled features, one "L<i>" entry per level
 
 
 def imagenet_pipeline() -> BatchPipeline:
@@ -26,32 +32,20 @@ def imagenet_pipeline() -> BatchPipeline:
 
 
 def create_feature_extractor(backbone: torch.nn.Module, device: torch.device) -> Engine:
-    """An evaluator whose output per batch is the list of pooled level features (on the CPU, float32).
+    """An evaluator whose output per batch is ``{"L1": (B, C_1), ...}``, the pooled level features (float32).
 
-    After ``run`` the concatenated features are in ``engine.state.features`` (one (N, C_l) tensor per level).
+    After ``run``, ``engine.state.metrics["features"]`` maps each level to its (N, C_l) features on the CPU, in
+    image order.
     """
     backbone = backbone.to(device, memory_format=torch.channels_last).eval()  # ~1.5× faster on CPU
 
-    def step(_: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+    def step(_: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
             levels = backbone(batch[0].contiguous(memory_format=torch.channels_last))
-        return [level.float().cpu() for level in levels]
+        return {f"L{index}": level.float() for index, level in enumerate(levels, start=1)}
 
     engine = Engine(step)
-
-    @engine.on(Events.STARTED)
-    def _reset(engine: Engine) -> None:
-        setattr(engine.state, FEATURES, [])
-
-    @engine.on(Events.ITERATION_COMPLETED)
-    def _collect(engine: Engine) -> None:
-        getattr(engine.state, FEATURES).append(engine.state.output)
-
-    @engine.on(Events.COMPLETED)
-    def _concatenate(engine: Engine) -> None:
-        batches = getattr(engine.state, FEATURES)
-        setattr(engine.state, FEATURES, [torch.cat(level) for level in zip(*batches, strict=True)])
-
+    CollectTensors().attach(engine, FEATURES)
     return engine
 
 
@@ -78,4 +72,34 @@ def extract_features(
     engine = create_feature_extractor(backbone, device)
     attach_progress(engine, desc=desc, disable=not progress)
     engine.run(loader, max_epochs=1)
-    return getattr(engine.state, FEATURES)
+    return list(engine.state.metrics[FEATURES].values())
+
+
+def fit(
+    features: CategoryFeatures,
+    variant: Variant,
+    levels: Sequence[int] | None = None,
+    augmented: bool = False,
+    n_folds: int = 5,
+    fold_seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> list[FoldResult]:
+    """``variant`` fitted per level on every fold of one category, each fold scoring the whole test split.
+
+    Args:
+        features: the category's pooled features (with its augmented passes when ``augmented``).
+        variant: MVG (optionally after PCA / NPCA) or the L2 / SED baseline.
+        levels: 0-based levels to fit (default: all the backbone's).
+        augmented: fit on the fold's augmented copies instead of its images (Tables IV, V).
+        n_folds: folds of ``KFold(n_folds, shuffle=True, random_state=fold_seed)`` over the training images.
+        fold_seed: KFold's random state.
+        dtype: precision of the fits.
+
+    Raises:
+        ValueError: a level the backbone does not have.
+    """
+    folds = fold_train_indices(len(features.train[0]), n_folds, fold_seed)
+    levels = range(len(features.train)) if levels is None else levels
+    if max(levels) >= len(features.train):
+        raise ValueError(f"levels: this backbone has levels L1..L{len(features.train)}, got L{max(levels) + 1}")
+    return [evaluate_fold(features, fold, variant, levels, augmented, dtype) for fold in folds]

@@ -2,10 +2,13 @@
 
 Source: the hand transcription in jpcbertoldo/anomasota (commit a60669d, ``data/src/005-gaussian-ad.*.json``),
 see reference/paper_numbers.md §3; the paper PDF itself could not be read. Values not found (Table III, Table IV,
-the L2 / SED columns of Table I, the ResNet table) are absent, never guessed: :func:`paper_value` returns None.
+the L2 / SED columns of Table I, the ResNet table) are absent, never guessed: :func:`published` returns
+``NOT_PUBLISHED``.
 """
 
 from __future__ import annotations
+
+from common.results import NOT_PUBLISHED, Published
 
 LEVELS = tuple(f"L{i}" for i in range(1, 10))
 SUM = "sum"
@@ -145,7 +148,10 @@ TABLE_V: dict[tuple[str, str], tuple[float, None]] = {
 TABLES = {"table1": TABLE_I, "table2": TABLE_II, "table5": TABLE_V}
 
 
-def paper_value(table: str, row: str, column: str) -> float | None:
-    """The published mean of a cell, or None where the paper's number is not available."""
+def published(table: str, row: str, column: str) -> Published:
+    """The published mean of a cell and its ± (the SEM across categories where the paper prints one).
+
+    ``NOT_PUBLISHED`` (value None) where the paper's number is not available.
+    """
     value = TABLES.get(table, {}).get((row, column))
-    return None if value is None else value[0]
+    return NOT_PUBLISHED if value is None else Published(*value)

@@ -113,6 +113,15 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return ood_metrics(scores, labels.bool())["AUROC"]
 
 
+def fold_mean_aurocs(results: Sequence[FoldResult], labels: torch.Tensor) -> np.ndarray:
+    """Per level AUROC, then the AUROC of the level mean (the sum predictor), each averaged over the folds."""
+    per_fold = [
+        [auroc(r.distances[level], labels) for level in range(len(r.distances))] + [auroc(r.distances.mean(0), labels)]
+        for r in results
+    ]
+    return np.mean(per_fold, axis=0)
+
+
 def working_points(
     distances: torch.Tensor, labels: torch.Tensor, dof: int, sigmas: Sequence[int]
 ) -> dict[int, tuple[float, float]]:

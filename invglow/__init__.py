@@ -3,6 +3,6 @@ of distributions and features", NeurIPS 2020 (arXiv 2006.10848).
 
 Glow with independent per-scale priors (:mod:`invglow.models`), its layers (:mod:`invglow.flows`), the outlier
 loss (:mod:`invglow.losses`), likelihood-ratio / final-scale / Serra scores (:mod:`invglow.scores`), Ignite
-engines (:mod:`invglow.engine`) and the experiments ``main.py`` runs (:mod:`invglow.experiments`, and the
-local-vs-semantic analysis in :mod:`invglow.local_semantic`).
+engines and ``fit`` (:mod:`invglow.engine`), the image sets (:mod:`invglow.data`) and the experiments ``main.py``
+runs as cells (:mod:`invglow.experiments`: the AUROC tables and the local-vs-semantic analysis).
 """

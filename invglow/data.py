@@ -1,32 +1,38 @@
-"""Image sets of the InvGlow experiments, as uint8 (N, C, S, S) tensors at the model's resolution.
+"""Image sets of the InvGlow experiments (Schirrmeister et al., NeurIPS 2020), as uint8 (N, C, S, S) tensors at the
+model's resolution.
 
 Paper scale: 80M Tiny Images subset (``python invglow/create_tiny.py``), CIFAR-10/100, SVHN, LSUN, CelebA,
 TinyImageNet through ``common.datasets``. Demo scale: everything is generated on the spot. A small binary in the
-real Tiny Images format (3072-byte column-major records) is written into the run folder and cut by
-``invglow/create_tiny.py`` exactly as the real one; in-distribution sets are procedurally drawn shapes (the
-CIFAR-10 stand-in) and coloured scikit-learn digits (the SVHN stand-in); noise sets are extra OOD sets.
+real Tiny Images format (3072-byte column-major records) is written into the folder of the pretraining cell and cut
+by ``common.tiny_builder`` (the library behind ``invglow/create_tiny.py``) exactly as the real one; in-distribution
+sets are procedurally drawn shapes (the CIFAR-10 stand-in) and coloured scikit-learn digits (the SVHN stand-in);
+noise sets are extra OOD sets.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import folder_locations
 from common.datasets import ImageSet, load
-from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES
+from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES, SUBSET_NAME
+from common.tiny_builder import CHUNK_SIZE, build_tiny_subset
 from common.transforms import resize
-from invglow import create_tiny
 from invglow.config import InvGlowConfig
 
 TINY_TRAIN_FRACTION = 0.8  # first 80 % of the shuffled chunks train, the rest test (original datasets.py)
-CHUNK_SIZE = 64
 CONVERT_BATCH = 8192
 """Images :func:`to_size` converts at once: about 0.2 GB of float32 working memory for 3×32×32 images. Converting
 the whole 1.56M-image Tiny subset at once took about 41 GB (RGB → grey) or two uint8 copies of it (RGB)."""
 _GENERATED = ("shapes", "digits-rgb", "uniform-noise", "gaussian-noise")
 _TEST_ONLY = ("lsun", "lsun-resize", "tinyimagenet", "tinyimagenet-resize", "celeba")  # evaluated on "test" only
+DEMO_TINY_FOLDER = "data"
+"""Sub-folder of a demo pretraining cell's folder that holds its generated Tiny binary and subset."""
 
 
 def to_size(images: torch.Tensor, size: int, channels: int, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,15 +118,22 @@ def write_demo_tiny_binary(path: Path, n_images: int, seed: int) -> Path:
 
 
 def build_demo_tiny(folder: Path, n_images: int, seed: int) -> Path:
-    """Write the demo binary into ``folder`` (if absent) and cut it with ``invglow/create_tiny.py``; returns folder."""
+    """Write the demo binary into ``folder`` (if absent) and cut it as ``create_tiny.py`` cuts the real one;
+    returns ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     binary = folder / BINARY_NAME
     if not binary.is_file() or binary.stat().st_size != n_images * IMAGE_BYTES:
         write_demo_tiny_binary(binary, n_images, seed)
     n_chunks = -(-n_images // CHUNK_SIZE) - 1  # every chunk start but the last, as the original
-    arguments = ["--binary", str(binary), "--out-dir", str(folder), "--n-chunks", str(n_chunks)]
-    create_tiny.main([*arguments, "--expected-images", "0", "--no-progress"])
+    build_tiny_subset(binary, folder, name=SUBSET_NAME, n_chunks=n_chunks, expected_images=None, progress=False)
     return folder
+
+
+def prepare_tiny(config: InvGlowConfig, folder: Path, seed: int) -> None:
+    """Demo scale: generate the Tiny subset a pretraining cell trains on into its ``folder`` (nothing to do at the
+    paper scale, whose subset ``create_tiny.py`` wrote once)."""
+    if config.scale == "demo":
+        build_demo_tiny(folder / DEMO_TINY_FOLDER / "tiny-images", config.data.demo_tiny_images, seed)
 
 
 def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,26 +146,68 @@ def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return rows[: n_train * CHUNK_SIZE], rows[n_train * CHUNK_SIZE :]
 
 
-def tiny_images(config: InvGlowConfig, scale: str, run_dir: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tiny_images(config: InvGlowConfig, folder: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, test) uint8 Tiny images at the model's size and channels (:func:`tiny_split_rows`), read from the
-    memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: generated binary cut into ``run_dir``)."""
-    if scale == "demo":
-        root = run_dir / "data"
-        build_demo_tiny(root / "tiny-images", config.data.demo_tiny_images, seed)
-        subset = load("tiny-images-subset", "train", root=root)
-    else:
-        subset = load("tiny-images-subset", "train")
+    memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: the one :func:`prepare_tiny` wrote into
+    the pretraining cell's ``folder``)."""
+    root = folder / DEMO_TINY_FOLDER if config.scale == "demo" else None
+    subset = load("tiny-images-subset", "train", root=root)
     size, channels = config.glow.image_size, config.glow.channels
     train_rows, test_rows = tiny_split_rows(len(subset.images), seed)
     return to_size(subset.images, size, channels, train_rows), to_size(subset.images, size, channels, test_rows)
 
 
-def image_set(name: str, split: str, config: InvGlowConfig, scale: str, seed: int) -> ImageSet:
-    """Set ``name``: uint8 images at the model's size and channels, and labels (−1 for OOD-only sets)."""
-    if scale == "demo":
+def image_set(name: str, split: str, config: InvGlowConfig, seed: int) -> ImageSet:
+    """Set ``name``: uint8 images at the model's size and channels, and labels (−1 for OOD-only sets).
+
+    Sets are kept in memory once read (per data root), so the cells of one process read each file once.
+    """
+    root = None if config.scale == "demo" else folder_locations.data_root()
+    return _image_set(name, split, config, seed, root)
+
+
+@lru_cache(maxsize=32)
+def _image_set(name: str, split: str, config: InvGlowConfig, seed: int, root: Path | None) -> ImageSet:
+    if root is None:
         n = config.data.demo_train if split == "train" else config.data.demo_test
         images, labels = generated_set(name, split, n, seed)
     else:
-        reader_split = "test" if name in _TEST_ONLY else split
-        images, labels = load(name, reader_split)
+        images, labels = load(name, "test" if name in _TEST_ONLY else split, root=root)
     return ImageSet(to_size(images, config.glow.image_size, config.glow.channels), labels)
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """Images (uint8) of the in-distribution test set (id 0) and the OOD sets (ids 1, ...), concatenated."""
+
+    names: tuple[str, ...]
+    images: torch.Tensor
+    set_ids: torch.Tensor
+
+
+def eval_sets(in_name: str, in_images: torch.Tensor, ood: dict[str, torch.Tensor]) -> EvalSets:
+    """Concatenate ``in_images`` (id 0) with every OOD set except ``in_name`` itself."""
+    others = {name: images for name, images in ood.items() if name != in_name}
+    names = (in_name, *others)
+    parts = [in_images, *others.values()]
+    ids = torch.cat([torch.full((len(part),), index, dtype=torch.int64) for index, part in enumerate(parts)])
+    return EvalSets(names, torch.cat(parts), ids)
+
+
+def ood_test_sets(config: InvGlowConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The test images (uint8) of every OOD set of ``config``, by name."""
+    return {name: image_set(name, "test", config, seed).images for name in config.data.ood}
+
+
+def evaluation_sets(in_name: str, config: InvGlowConfig, seed: int) -> EvalSets:
+    """The test set of ``in_name`` (id 0) and every other OOD set of ``config``."""
+    return eval_sets(in_name, image_set(in_name, "test", config, seed).images, ood_test_sets(config, seed))
+
+
+def read_every_set(config: InvGlowConfig, seed: int) -> None:
+    """Read every in-distribution training and test set and every OOD test set of ``config``: a missing file
+    stops a run before the days of training that come before the set is used."""
+    for name in config.data.in_distribution:
+        image_set(name, "train", config, seed)
+        image_set(name, "test", config, seed)
+    ood_test_sets(config, seed)

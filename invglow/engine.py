@@ -1,31 +1,46 @@
-"""Ignite engines of InvGlow: maximum-likelihood training with optional outlier loss, and likelihood evaluation.
+"""Ignite engines of InvGlow (Schirrmeister et al., NeurIPS 2020): maximum-likelihood training with optional
+outlier loss, likelihood evaluation, and :func:`fit`, the one way this package trains one model.
 
 Training (reference note invglow.md §3): mean per-image NLL in nats on dequantized, augmented images; with an
 outlier loss, one general-distribution (Tiny) batch per step (``common.loaders.PairedLoader``) adds the paper's
 Eq. 2 loss (``"class"``) or the margin loss; steps with non-finite loss or gradients are skipped and counted
-(``common.handlers.finite_step``), as the original skips them. Evaluation runs on bin centres and reports
+(``common.handlers.finite_step``), as the original skips them. Evaluation runs on bin centres, collects every
+image's per-scale log-densities (``common.metrics.CollectTensors``) and reports
 :func:`invglow.scores.evaluate_sets` (bits/dim per set, AUROC per score and OOD set).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import TensorboardLogger
 
-from common.handlers import count_skipped_steps, finite_step, log_histogram, log_images
+from common.datasets import ImageSet
+from common.handlers import SKIPPED_STEPS, count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
+from common.loaders import PairedLoader, TensorBatchLoader
+from common.metrics import CollectTensors
+from common.run import seed_everything
 from common.transforms import BatchPipeline, bin_centres, dequantize, random_crop, random_horizontal_flip
-from invglow.config import NonFiniteExamples
+from invglow.config import NonFiniteExamples, TrainConfig
+from invglow.data import EvalSets
 from invglow.losses import bits_per_dim, margin_loss, nll_nats, outlier_loss, wrong_class_loss
-from invglow.models import ClassConditionalGlow, Glow, PatchGlow
+from invglow.models import ClassConditionalGlow, Glow, PatchGlow, initialize_actnorms
 from invglow.scores import SCORE_KINDS, anomaly_scores, evaluate_sets
 
 SAMPLE_TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
+FINAL_MODEL = "model.pt"
+LIKELIHOODS = "likelihoods"
+"""The evaluator's ``CollectTensors`` metric: ``{"fine": (N, L)}`` per-scale log-densities of the trained model,
+plus ``"base": (N, L')`` of the general (Tiny) model when there is one, in the order of the evaluation images."""
+Flow = Glow | ClassConditionalGlow | PatchGlow
+OutlierKind = Literal["class", "margin"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,7 @@ class OutlierLossConfig:
         margin: margin of the margin loss in nats; None = D nats (≈1.44 bits/dim), as the original.
     """
 
-    kind: Literal["class", "margin"] = "class"
+    kind: OutlierKind = "class"
     weight: float = 6000.0
     temperature: float = 1000.0
     margin: float | None = None
@@ -188,60 +203,64 @@ def _outlier_term(
     return outlier_loss(log_density_out, log_density_base, config.weight, config.temperature)  # type: ignore[arg-type]
 
 
-def create_evaluator(
-    model: Glow | ClassConditionalGlow | PatchGlow, set_names: tuple[str, ...], base_model: Glow | None = None
-) -> Engine:
-    """Evaluation engine over ``(images, set_ids)`` batches (set 0 = in-distribution test set).
+def create_evaluator(model: Flow, evaluation: EvalSets, base_model: Glow | None = None) -> Engine:
+    """Evaluation engine over the batches of :func:`eval_loader` (``evaluation``'s images in order).
 
-    After a run, ``state.likelihoods`` holds ``(fine (N, L), base (N, L) or None, set_ids (N,))`` on the CPU and
-    ``state.metrics`` the :func:`invglow.scores.evaluate_sets` results.
+    After a run, ``state.metrics[LIKELIHOODS]`` holds every image's per-scale log-densities (see
+    :data:`LIKELIHOODS`) and ``state.metrics`` the :func:`invglow.scores.evaluate_sets` results against
+    ``evaluation.set_ids`` (set 0 = the in-distribution test set).
     """
 
     @torch.no_grad()
-    def step(engine: Engine, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        images, set_ids = batch
+    def step(engine: Engine, batch: Any) -> dict[str, torch.Tensor]:
+        images, _ = batch
         model.eval()
-        fine = model(images)[1].cpu()
-        base = None
+        output = {"fine": model(images)[1]}
         if base_model is not None:
             base_model.eval()
-            base = base_model(images)[1].cpu()
-        return fine, base, set_ids.cpu()
+            output["base"] = base_model(images)[1]
+        return output
 
     evaluator = Engine(step)
+    # The set ids are not collected: the tensorboard logger of common.handlers logs every metric and would write an
+    # (N,) tensor as N scalars. The loader visits the images in index order: the rows align with evaluation.set_ids.
+    CollectTensors().attach(evaluator, LIKELIHOODS)
 
-    def reset(engine: Engine) -> None:
-        engine.state.collected = []
-
-    def collect(engine: Engine) -> None:
-        engine.state.collected.append(engine.state.output)
-
-    def summarise(engine: Engine) -> None:
-        fine, base, set_ids = (
-            None if parts[0] is None else torch.cat(parts) for parts in zip(*engine.state.collected, strict=True)
+    def score(engine: Engine) -> None:
+        likelihoods = engine.state.metrics[LIKELIHOODS]
+        if len(likelihoods["fine"]) != len(evaluation.set_ids):
+            raise RuntimeError(f"evaluated {len(likelihoods['fine'])} images, expected {len(evaluation.set_ids)}")
+        scores = evaluate_sets(
+            likelihoods["fine"], likelihoods.get("base"), evaluation.set_ids, evaluation.names, model.n_dims
         )
-        engine.state.likelihoods = (fine, base, set_ids)
-        engine.state.metrics.update(evaluate_sets(fine, base, set_ids, set_names, model.n_dims))
+        engine.state.metrics.update(scores)
 
-    evaluator.add_event_handler(Events.STARTED, reset)
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
-    evaluator.add_event_handler(Events.COMPLETED, summarise)
+    evaluator.add_event_handler(Events.COMPLETED, score)
     return evaluator
 
 
+def eval_loader(evaluation: EvalSets, batch_size: int, device: torch.device) -> TensorBatchLoader:
+    """Batches of ``evaluation``'s images in index order (so collected likelihoods align with them), bin-centred."""
+    return TensorBatchLoader(
+        evaluation.images, evaluation.set_ids, batch_size, transform=eval_transform(), device=device
+    )
+
+
 def attach_score_histograms(
-    evaluator: Engine, tb_logger: TensorboardLogger | None, trainer: Engine, set_names: tuple[str, ...], tag: str
+    evaluator: Engine, tb_logger: TensorboardLogger | None, trainer: Engine, evaluation: EvalSets, tag: str
 ) -> None:
     """Log the histogram of every score of every set after each evaluation, at the trainer's epoch."""
 
     def log(engine: Engine) -> None:
-        fine, base, set_ids = engine.state.likelihoods
+        likelihoods = engine.state.metrics[LIKELIHOODS]
+        fine, base = likelihoods["fine"], likelihoods.get("base")
         for kind in SCORE_KINDS:
             if (kind == "ratio" and base is None) or (kind == "final_scale" and fine.shape[1] == 1):
                 continue
             values = torch.from_numpy(anomaly_scores(kind, fine, base).values)
-            for index, name in enumerate(set_names):
-                log_histogram(tb_logger, f"{tag}/score-{kind}/{name}", values[set_ids == index], trainer.state.epoch)
+            for index, name in enumerate(evaluation.names):
+                tag_name = f"{tag}/score-{kind}/{name}"
+                log_histogram(tb_logger, tag_name, values[evaluation.set_ids == index], trainer.state.epoch)
 
     if tb_logger is not None:
         evaluator.add_event_handler(Events.COMPLETED, log)
@@ -265,3 +284,113 @@ def attach_sample_logging(
 
     if tb_logger is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, log)
+
+
+def fit(
+    model: Flow,
+    train_set: ImageSet,
+    evaluation: EvalSets,
+    train: TrainConfig,
+    folder: Path,
+    *,
+    seed: int,
+    flip: bool,
+    device: torch.device,
+    progress: bool = True,
+    base_model: Glow | None = None,
+    outlier: OutlierLossConfig | None = None,
+    outlier_images: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for ``train.epochs`` epochs in ``folder`` and return its final evaluation's metrics.
+
+    ``folder`` receives the tensorboard events, the checkpoints and, at the end, ``model.pt`` (written atomically).
+    A training resumes from the newest intact checkpoint in ``folder``; one whose checkpoint is of the last epoch is
+    only evaluated again. A model without ``base_model`` is trained from scratch: its ActNorms are initialised from
+    the first ``train.init_batches`` training batches; a finetuned model starts from the (initialised) Tiny model.
+    ``outlier`` adds its loss on one batch of ``outlier_images`` beside every training batch.
+
+    Returns:
+        The final evaluator's ``state.metrics`` (:func:`create_evaluator`) and ``skipped_steps``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluator = create_evaluator(model, evaluation, base_model)
+    loader = eval_loader(evaluation, train.eval_batch_size, device)
+    seed_everything(seed)
+    trainer, optimizer, train_loader = _training(
+        model, train_set, train, seed, flip, device, base_model, outlier, outlier_images
+    )
+    handlers = setup_handlers(
+        trainer,
+        {"eval": (evaluator, loader)},
+        folder,
+        {"model": model, "optimizer": optimizer},
+        seed=seed,
+        optimizer=optimizer,
+        progress=None if progress else False,  # None: on unless OOD_REPRO_PROGRESS=0
+        resume=True,
+    )
+    attach_score_histograms(evaluator, handlers.tb_logger, trainer, evaluation, "eval")
+    attach_sample_logging(trainer, model.glow if isinstance(model, ClassConditionalGlow) else model, handlers.tb_logger)
+    try:
+        if trainer.state.epoch >= train.epochs:  # a finished training restored from its last checkpoint
+            evaluator.run(loader)
+        else:
+            trainer.run(train_loader, max_epochs=train.epochs)
+    finally:
+        if handlers.tb_logger is not None:
+            handlers.tb_logger.close()
+    save_atomically(model.state_dict(), folder / FINAL_MODEL)
+    return {**evaluator.state.metrics, SKIPPED_STEPS: float(getattr(trainer.state, SKIPPED_STEPS))}
+
+
+def _training(
+    model: Flow,
+    train_set: ImageSet,
+    train: TrainConfig,
+    seed: int,
+    flip: bool,
+    device: torch.device,
+    base_model: Glow | None,
+    outlier: OutlierLossConfig | None,
+    outlier_images: torch.Tensor | None,
+) -> tuple[Engine, torch.optim.Optimizer, TensorBatchLoader | PairedLoader]:
+    """The trainer, its Adamax optimizer and its training batches; ActNorms initialised if trained from scratch."""
+    loader: TensorBatchLoader | PairedLoader = _train_loader(train_set, train, seed, flip, device)
+    if base_model is None:
+        batches = [loader.batch_at(0, i)[0] for i in range(min(train.init_batches, len(loader)))]
+        initialize_actnorms(model, torch.cat(batches))
+    if outlier is not None:
+        if outlier_images is None:
+            raise ValueError("outlier_images: an outlier loss needs the general-distribution (Tiny) images")
+        outlier_set = ImageSet(outlier_images, torch.full((len(outlier_images),), -1))
+        loader = PairedLoader(loader, _train_loader(outlier_set, train, seed + 1, flip, device))
+    optimizer = torch.optim.Adamax(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    trainer = create_trainer(
+        model, optimizer, base_model=base_model, outlier=outlier, non_finite_examples=train.non_finite_examples
+    )
+    return trainer, optimizer, loader
+
+
+def _train_loader(
+    images: ImageSet, train: TrainConfig, seed: int, flip: bool, device: torch.device
+) -> TensorBatchLoader:
+    # The global generator is reseeded every epoch and checkpointed mid-epoch (common.run.make_reproducible), so
+    # augmentation and dequantization noise continue exactly after a resume.
+    transform = train_transform(torch.default_generator, train.translate_pixels, flip)
+    return TensorBatchLoader(
+        images.images, images.labels, train.batch_size, shuffle=True, drop_last=True, transform=transform,
+        device=device, seed=seed,
+    )  # fmt: skip
+
+
+def load_model(model: Flow, path: Path, device: torch.device) -> Flow:
+    """``model`` with the state dict saved at ``path`` (a ``model.pt`` that :func:`fit` wrote), on ``device``."""
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return model.to(device)
+
+
+def save_atomically(value: Any, path: Path) -> None:
+    """``torch.save`` ``value`` to ``path`` through ``<path>.partial`` and ``os.replace``: never half a file."""
+    partial_file = path.with_name(f"{path.name}.partial")
+    torch.save(value, partial_file)
+    os.replace(partial_file, path)

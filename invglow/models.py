@@ -16,11 +16,16 @@ mixed.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
+from invglow.config import InvGlowConfig
 from invglow.flows import ActNorm, CouplingKind, FlowStep, Squeeze
+
+ModelKind = Literal["full", "local", "dense"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("full", "local", "dense")
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -314,3 +319,22 @@ class PatchGlow(nn.Module):
         """``n`` images of independently sampled patches (:meth:`Glow.sample` at ``temperature``), patch after patch
         in :meth:`to_patches` order; (n, C, H, W) in about [−0.5, 0.5]."""
         return self.from_patches(self.glow.sample(n * self.n_patches, temperature, generator))
+
+
+def build_model(config: InvGlowConfig, kind: ModelKind = "full") -> Glow | PatchGlow:
+    """The ``"full"`` convolutional Glow, the ``"local"`` patch Glow or the ``"dense"`` Glow of ``config``.
+
+    All three have ``config.glow``'s channels, image size, coupling and width (the original hard-codes 512 hidden
+    units for every model); the local one has ``patch_steps`` steps on one scale, the dense one the Glow's scales
+    with ``dense_steps`` steps each and frozen orthogonal mixing instead of (LU) 1×1 convolutions. Only the full
+    Glow follows ``config.glow.dense``.
+    """
+    glow, local = config.glow, config.local_semantic
+    shape = (glow.channels, glow.image_size, glow.image_size)
+    if kind == "full":
+        return Glow(shape, glow.n_scales, glow.steps, glow.hidden, glow.coupling, glow.lu, glow.dense)
+    if kind == "local":
+        return PatchGlow(shape, local.patch_size, local.patch_steps, glow.hidden, glow.coupling, glow.lu)
+    if kind == "dense":
+        return Glow(shape, glow.n_scales, local.dense_steps, local.dense_hidden, glow.coupling, lu=False, dense=True)
+    raise ValueError(f"kind: expected one of {', '.join(MODEL_KINDS)}, got {kind!r}")

@@ -3,7 +3,8 @@
 Paper: Kirchheim, Filax, Ortmeier, "Multi-Class Hypersphere Anomaly Detection", ICPR 2022
 (IEEE Xplore 9956337; code https://github.com/kkirchheim/mchad).
 
-The models, losses and scores import only torch; ``mchad.experiments`` registers the main table with ``main.py``.
+The models, losses and scores import only torch; ``mchad.experiments`` defines ``PAPER``, the main table as cells
+that ``main.py`` runs.
 """
 
 from mchad.losses import CACLoss, IILoss, LossTerms, MCHADLoss, SoftmaxLoss

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from common.cells import Settings
 from mchad.losses import Normalization
 from mchad.scores import PredictBy, ScoreKind
 
@@ -123,7 +124,6 @@ class TrainConfig:
         outlier_train_fraction: share of the outlier set used for training (the rest was validation, §2.2).
         noise_count: images in each of the uniform and Gaussian noise test sets.
         outlier_count: how many outliers to generate (demo shapes; None for a file-backed outlier set).
-        seeds: default seeds (the paper ran 1..21).
         eval_every: evaluate on the test sets every that many epochs (and at the end).
         checkpoint_every_iterations: also checkpoint within epochs (None: only at epoch ends).
         cpu_threads: torch threads while training on the CPU (None: torch's default). The demo's tiny network
@@ -143,7 +143,6 @@ class TrainConfig:
     outlier_train_fraction: float = 0.9
     noise_count: int = 10_000
     outlier_count: int | None = None
-    seeds: tuple[int, ...] = tuple(range(1, 22))
     eval_every: int = 1
     checkpoint_every_iterations: int | None = 500
     cpu_threads: int | None = None
@@ -239,26 +238,40 @@ DEMO_TRAIN = TrainConfig(
     outlier_train_fraction=1.0,
     noise_count=500,
     outlier_count=1000,
-    seeds=(0,),
 )
 
 
 @dataclass(frozen=True)
-class Setting:
-    """Everything one scale of the main table runs."""
+class MainTableConfig:
+    """Everything one scale of the main table runs; :func:`configure` resolves it for a run.
+
+    Attributes:
+        train: what every training shares.
+        datasets: the in-distribution sets (rows of the table), each with its epochs and OOD sets.
+        methods: dataset name → the methods trained on it.
+        paper_analogue: dataset name → the dataset whose published row is printed beside it.
+        seeds: one training per (dataset, method, seed); the paper ran seeds 1..21.
+    """
 
     train: TrainConfig
     datasets: tuple[DatasetConfig, ...]
     methods: dict[str, tuple[MethodConfig, ...]]
     paper_analogue: dict[str, str]
+    seeds: tuple[int, ...]
 
 
-SETTINGS = {
-    "paper": Setting(PAPER_TRAIN, PAPER_DATASETS, PAPER_METHODS, {d.name: d.name for d in PAPER_DATASETS}),
-    "demo": Setting(DEMO_TRAIN, DEMO_DATASETS, DEMO_METHODS, DEMO_PAPER_ANALOGUE),
+CONFIGS = {
+    "paper": MainTableConfig(
+        PAPER_TRAIN, PAPER_DATASETS, PAPER_METHODS, {d.name: d.name for d in PAPER_DATASETS}, tuple(range(1, 22))
+    ),
+    "demo": MainTableConfig(DEMO_TRAIN, DEMO_DATASETS, DEMO_METHODS, DEMO_PAPER_ANALOGUE, seeds=(0,)),
 }
 
 
-def with_epochs(dataset: DatasetConfig, epochs: int | None) -> DatasetConfig:
-    """``dataset`` with its epochs overridden (``--epochs``), or unchanged for None."""
-    return dataset if epochs is None else replace(dataset, epochs=epochs)
+def configure(settings: Settings) -> MainTableConfig:
+    """The main table's configuration at ``settings.scale`` with ``settings.seeds`` and ``settings.epochs`` applied."""
+    config = CONFIGS[settings.scale]
+    datasets = config.datasets
+    if settings.epochs is not None:
+        datasets = tuple(replace(dataset, epochs=settings.epochs) for dataset in datasets)
+    return replace(config, datasets=datasets, seeds=settings.seeds or config.seeds)

@@ -8,8 +8,9 @@ torch's default generator, so an interrupted run resumes with the same crops (``
 Evaluation data: the ID test set followed by each OOD set; OOD set k carries the label −(k + 1), so one pass
 gives the scores of every test case (ID test ∪ OOD set k) and labels < 0 still mean OOD.
 
-An :data:`ImageCache` (one dict per table and dataset) lets the methods and seeds of a table share the ID splits and
-the file-backed OOD sets instead of reading them again; generated noise and the seeded outlier split are not kept.
+An :data:`ImageCache` (one dict per dataset, kept by :mod:`mchad.experiments` for the cells a process runs) lets the
+methods and seeds of a dataset share the ID splits and the file-backed OOD sets instead of reading them again;
+generated noise and the seeded outlier split are not kept. The images are the same with or without it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mchad.config import HELD_OUT_DIGITS, DatasetConfig, TrainConfig
 
 T = TypeVar("T")
 ImageCache = dict[tuple[object, ...], Any]
-"""Images shared by the runs of one table and dataset, keyed by what was read (see :func:`build_run_data`)."""
+"""Images shared by the trainings of one dataset, keyed by what was read (see :func:`build_run_data`)."""
 
 
 class LimitedLoader:

@@ -1,32 +1,42 @@
-"""Ignite engines of MCHAD and its baselines: model and objective per method, trainer, evaluator, metrics.
+"""Ignite engines of MCHAD and its baselines: model and objective per method, trainer, evaluator, metrics, ``fit``.
+
+Paper: Kirchheim, Filax, Ortmeier, "Multi-Class Hypersphere Anomaly Detection", ICPR 2022 (kkirchheim/mchad).
 
 The trainer takes ID batches ``(images, labels)`` or, for the G-variants, ``PairedLoader`` pairs of an ID batch and
 an outlier batch (labels −1), concatenated into one forward pass with shared BatchNorm statistics as in the
 original (reference mchad.md §2.2). The evaluator scores one pass over the ID test set and every OOD set (labels
 −(k + 1), see :mod:`mchad.data`) and computes closed-set accuracy and, per OOD set, the metrics of
-``common.metrics`` on ID test ∪ that set (never pooled over OOD sets, §3.1).
+``common.metrics`` on ID test ∪ that set (never pooled over OOD sets, §3.1). :func:`fit` is the one way to train
+and test one model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import CosineAnnealingScheduler, TensorboardLogger
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from torch import nn
+from torch.optim import Adam
 
-from common.handlers import finite_step
-from common.metrics import OODMetrics
+from common.handlers import finite_step, log_histogram, log_pr_curve, setup_handlers
+from common.metrics import CollectTensors, OODMetrics
+from common.run import seed_everything
 from mchad.config import DatasetConfig, MethodConfig, TrainConfig
+from mchad.data import ImageCache, build_run_data
 from mchad.losses import CACLoss, IILoss, LossTerms, MCHADLoss, SoftmaxLoss, batch_class_means, cac_distances
 from mchad.models import CenterNet, CenterOutput, ClassAnchors, ClassCenters, RunningCenters, WideResNet
 from mchad.pretrained import load_pretrained
 from mchad.scores import predict, score
 
 Objective = Callable[[CenterNet, CenterOutput, torch.Tensor], LossTerms]
+OUTPUTS = "outputs"  # the evaluator's CollectTensors metric: labels, embeddings and scores of every test image
+EMBEDDING_POINTS = 2000  # points written to tensorboard's projector
 
 
 def build_model(method: MethodConfig, dataset: DatasetConfig, train: TrainConfig) -> CenterNet:
@@ -208,20 +218,97 @@ def create_evaluator(model: CenterNet, method: MethodConfig, ood_names: Sequence
     return evaluator
 
 
-def collect_outputs(evaluator: Engine) -> list[dict[str, Any]]:
-    """Keep every batch output of ``evaluator``'s latest run (on the CPU) in the returned list."""
-    outputs: list[dict[str, Any]] = []
-    evaluator.add_event_handler(Events.STARTED, lambda _: outputs.clear())
+def fit(
+    method: MethodConfig,
+    dataset: DatasetConfig,
+    train: TrainConfig,
+    seed: int,
+    folder: Path,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    cache: ImageCache | None = None,
+) -> dict[str, Any]:
+    """Train ``method`` on ``dataset`` with ``seed`` and test the final weights, as the original (mchad.md §2.2).
 
-    def keep(engine: Engine) -> None:
-        out = engine.state.output
-        outputs.append({key: _to_cpu(value) for key, value in out.items()})
+    Tensorboard events and checkpoints go to ``folder``; the training continues from the newest intact checkpoint
+    found there, and one that had finished is only tested again. ``cache`` shares images between trainings.
 
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, keep)
-    return outputs
+    Returns:
+        The evaluator's metrics (fractions): ``accuracy`` and, per score kind, ``{OOD set: {metric: value}}``.
+    """
+    seed_everything(seed)
+    data = build_run_data(dataset, train, outliers=method.outliers, seed=seed, device=device, cache=cache)
+    model = build_model(method, dataset, train).to(device)
+    optimizer = Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    # One cosine decay from lr to 0, stepped every batch: the original's CosineAnnealingWarmRestarts with
+    # T_0 = epochs × limit_train_batches (3920 on CIFAR-10, whose epochs have only 391 batches),
+    # lr_k = lr·(1 + cos(πk/T_0))/2 at step k.
+    period = max(dataset.epochs * (dataset.max_batches or len(data.train)), 2)
+    scheduler = CosineAnnealingScheduler(optimizer, "lr", start_value=train.lr, end_value=0.0, cycle_size=period)
+    trainer = create_trainer(model, build_objective(method, dataset.n_classes), optimizer, method)
+    evaluator = create_evaluator(model, method, data.ood_names)
+    handlers = setup_handlers(
+        trainer,
+        {"test": (evaluator, data.evaluation)},
+        folder,
+        {"model": model, "optimizer": optimizer},
+        seed=seed,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        eval_every=train.eval_every,
+        checkpoint_every_iterations=train.checkpoint_every_iterations,
+        progress=progress,
+        resume=True,
+    )
+    CollectTensors(collected).attach(evaluator, OUTPUTS)
+    evaluator.add_event_handler(Events.COMPLETED, log_test_extras, handlers.tb_logger, trainer, model, method, dataset)
+    try:
+        # A checkpoint of the finished run must not restart it (Ignite restarts an engine that is done).
+        if trainer.state.iteration < dataset.epochs * len(data.train):
+            trainer.run(data.train, max_epochs=dataset.epochs)
+        if "accuracy" not in evaluator.state.metrics:  # resumed after the last evaluation: test the final weights
+            evaluator.run(data.evaluation)
+    finally:
+        if handlers.tb_logger is not None:
+            handlers.tb_logger.close()
+    return {name: value for name, value in evaluator.state.metrics.items() if name != OUTPUTS}
 
 
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    return value.detach().cpu()
+def collected(output: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """What the evaluator's :class:`CollectTensors` keeps of a batch: labels, embeddings, ``score/<kind>``."""
+    scores = {f"score/{kind}": value for kind, value in output["scores"].items()}
+    return {"labels": output["labels"], "embedding": output["embedding"], **scores}
+
+
+def log_test_extras(
+    evaluator: Engine,
+    tb_logger: TensorboardLogger | None,
+    trainer: Engine,
+    model: CenterNet,
+    method: MethodConfig,
+    dataset: DatasetConfig,
+) -> None:
+    """After the final evaluation: score histograms and PR curves per test case, and the embeddings (with the
+    centers) for the projector."""
+    outputs = evaluator.state.metrics[OUTPUTS]
+    step = trainer.state.epoch
+    if tb_logger is None or step < dataset.epochs:
+        return
+    labels = outputs["labels"]
+    known = labels >= 0
+    names = [name for name, _ in dataset.ood_sets]
+    for kind in method.scores:
+        scores = outputs[f"score/{kind}"]
+        log_histogram(tb_logger, f"scores/{kind}/ID test", scores[known], step)
+        for k, name in enumerate(names):
+            ood = labels == -(k + 1)
+            log_histogram(tb_logger, f"scores/{kind}/{name}", scores[ood], step)
+            log_pr_curve(tb_logger, f"pr/{kind}/{name}", scores[known | ood], ood[known | ood], step)
+    chosen = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:EMBEDDING_POINTS]
+    tags = [f"ID {label}" if label >= 0 else names[-label - 1] for label in labels[chosen].tolist()]
+    points = outputs["embedding"][chosen]
+    if model.centers is not None:
+        points = torch.cat([points, model.centers.centers.detach().cpu()])
+        tags += [f"center {j}" for j in range(len(model.centers.centers))]
+    tb_logger.writer.add_embedding(points.float(), metadata=tags, tag="test embedding", global_step=step)

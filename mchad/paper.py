@@ -7,9 +7,13 @@ trapezoidal; FPR95 is the FPR of ID samples at 95 % TPR of OOD samples.
 
 ``PER_OOD_AUROC``: per-OOD-set AUROC read off the README bar charts (mchad.md §4.2), **approximate (±1)**; the
 paper prints no per-set numbers. Entries the charts give only as "≈ 100" are None.
+
+:func:`published` is what the tables read.
 """
 
 from __future__ import annotations
+
+from common.results import NOT_PUBLISHED, Published
 
 TABLE_NAME = "Table tab:results (main table)"
 PER_SET_TABLE_NAME = "per-OOD-set AUROC (README bar charts, approximate)"
@@ -63,11 +67,23 @@ PER_OOD_AUROC: dict[tuple[str, str], dict[str, float | None]] = {
 """(dataset, method) → OOD set → AUROC in percent, approximate; rows not in the charts' legend are absent."""
 
 
-def paper_value(dataset: str, method: str, column: str) -> float | None:
-    """The published mean of ``column`` for ``method`` on ``dataset`` (percent), or None if the table has none."""
-    return MAIN_TABLE.get((dataset, method), {}).get(column, (None, None))[0]
+def row_name(dataset: str, method: str) -> str:
+    """The row label of (dataset, method) in both tables, e.g. "SVHN G-MCHAD"."""
+    return f"{dataset} {method}"
 
 
-def paper_per_set_auroc(dataset: str, method: str, ood_set: str) -> float | None:
-    """Approximate published AUROC of one OOD set (percent), or None."""
-    return PER_OOD_AUROC.get((dataset, method), {}).get(ood_set)
+_MAIN_ROWS = {row_name(*key): columns for key, columns in MAIN_TABLE.items()}
+_PER_SET_ROWS = {row_name(*key): columns for key, columns in PER_OOD_AUROC.items()}
+
+
+def published(table: str, row: str, column: str) -> Published:
+    """The published number at (``table``, ``row``, ``column``) with its ± (percent); ``Published(None)`` if none.
+
+    ``table`` is :data:`TABLE_NAME` (columns :data:`COLUMNS`, ± = SEM over 21 seeds × 7 OOD sets) or
+    :data:`PER_SET_TABLE_NAME` (columns :data:`OOD_SETS`, read off a chart: no ±); ``row`` is :func:`row_name`.
+    """
+    if table == TABLE_NAME:
+        return Published(*_MAIN_ROWS[row][column]) if row in _MAIN_ROWS else NOT_PUBLISHED
+    if table == PER_SET_TABLE_NAME:
+        return Published(_PER_SET_ROWS.get(row, {}).get(column))
+    raise KeyError(f"unknown table {table!r}; tables: {TABLE_NAME!r}, {PER_SET_TABLE_NAME!r}")

@@ -5,13 +5,15 @@ CIFAR-10, λ ∈ [1/N, 3/N], α = 0.0002, Adam, the one-class protocol with ~30 
 C-MemAE code where it does not (lr 1e-4, batch 64, 100 epochs: C-MemAE's trainer; the paper gives no image batch
 size or epoch count). ``demo`` is the same protocol on scikit-learn's digits upscaled to 16×16, with small
 networks of the same style, a higher learning rate and few epochs, so that it runs on a CPU in minutes.
+:func:`configure` resolves a scale with the run's seeds and epochs; the result is what a run records.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from common.cells import Settings
 from memae.losses import ENTROPY_WEIGHT
 
 PAPER_LEARNING_RATE = 1e-4  # official code and C-MemAE (Adam)
@@ -43,6 +45,15 @@ class TrainConfig:
     eval_every: int = 1  # epochs between test AUROC logs (monitoring only: the last epoch is reported)
     checkpoint_every: int = 1  # epochs between checkpoints
     log_every: int = 10  # iterations between tensorboard logs of the training losses
+
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        """This training for ``epochs`` epochs, evaluating and checkpointing at least once within them."""
+        return replace(
+            self,
+            epochs=epochs,
+            eval_every=min(self.eval_every, epochs),
+            checkpoint_every=min(self.checkpoint_every, epochs),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,25 +117,25 @@ class ConditionalSetting:
 
 
 @dataclass(frozen=True)
-class ScaleConfig:
-    """Everything one scale runs."""
+class MemAEConfig:
+    """Everything one scale runs: the columns of both experiments, the seeds and the CPU threads."""
 
     image_table: tuple[ImageSetting, ...]
     conditional: tuple[ConditionalSetting, ...]
-    seeds: tuple[int, ...] = field(default=(0,))
+    seeds: tuple[int, ...] = (0,)
     cpu_threads: int | None = None  # torch intra-op threads on CPU during the run (None: torch's default)
 
 
 _DIGITS = (("size", 16),)  # 8×8 digits upscaled to 16×16 for the small demo networks
 _PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
-_DEMO_TRAIN = TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, eval_every=5, checkpoint_every=20, log_every=1)
+_DEMO_TRAIN = TrainConfig(epochs=20, batch_size=32, learning_rate=3e-3, eval_every=5, checkpoint_every=5, log_every=1)
 _DEMO_FEW_SHOT = TrainConfig(
     epochs=10, batch_size=32, learning_rate=1e-3, eval_every=10, checkpoint_every=10, log_every=1
 )
 _PAPER_TRAIN = TrainConfig(epochs=PAPER_EPOCHS, eval_every=5, checkpoint_every=5)
 
-SCALES: dict[str, ScaleConfig] = {
-    "demo": ScaleConfig(
+CONFIGS: dict[str, MemAEConfig] = {
+    "demo": MemAEConfig(
         image_table=(
             ImageSetting(DataConfig("MNIST", "digits", "digits", _DIGITS), MemoryConfig(100, 0.01), _DEMO_TRAIN),
         ),
@@ -141,7 +152,7 @@ SCALES: dict[str, ScaleConfig] = {
         # synchronisation can make a step 100× slower.
         cpu_threads=1,
     ),
-    "paper": ScaleConfig(
+    "paper": MemAEConfig(
         image_table=(
             # N: Sec. 4.1; λ = 1/N, the low end of the recommended [1/N, 3/N].
             ImageSetting(DataConfig("MNIST", "mnist", "mnist"), MemoryConfig(100, 0.01), _PAPER_TRAIN),
@@ -168,3 +179,26 @@ SCALES: dict[str, ScaleConfig] = {
         seeds=(0, 1, 2),
     ),
 }
+
+
+def configure(settings: Settings) -> MemAEConfig:
+    """The configuration of ``settings.scale`` with ``settings.seeds`` and ``settings.epochs`` (every training,
+    the few-shot fine-tuning included) applied."""
+    config = CONFIGS[settings.scale]
+    if settings.seeds is not None:
+        config = replace(config, seeds=settings.seeds)
+    if settings.epochs is None:
+        return config
+    epochs = settings.epochs
+    return replace(
+        config,
+        image_table=tuple(replace(s, train=s.train.with_epochs(epochs)) for s in config.image_table),
+        conditional=tuple(
+            replace(
+                s,
+                train=s.train.with_epochs(epochs),
+                few_shot=replace(s.few_shot, train=s.few_shot.train.with_epochs(epochs)),
+            )
+            for s in config.conditional
+        ),
+    )

@@ -1,13 +1,16 @@
 """Ignite engines for MemAE / C-MemAE: the training step, the one-class evaluator, tensorboard extras.
 
-:func:`fit` runs one training (one normal class or one conditional group) with ``common.handlers.setup_handlers``:
-progress bars, tensorboard, checkpoints and an exact resume from the newest checkpoint of its folder. The model of
-the **last** epoch is the one evaluated (C-MemAE reported the maximum test AUROC over epochs instead).
+:func:`fit` is the one way a model of this package is trained (one normal class, one conditional group or one
+few-shot fine-tuning) with ``common.handlers.setup_handlers``: progress bars, tensorboard, checkpoints and an exact
+resume from the newest intact checkpoint of its folder. The model of the **last** epoch is the one evaluated
+(C-MemAE reported the maximum test AUROC over epochs instead). :func:`save_weights` / :func:`load_weights` pass a
+trained model to the cells that fine-tune it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +22,8 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from torch import nn
 
-from common.handlers import (
-    count_skipped_steps,
-    finite_step,
-    latest_checkpoint,
-    log_histogram,
-    log_images,
-    setup_handlers,
-)
+from common.errors import MissingDataError
+from common.handlers import count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
 from common.loaders import TensorBatchLoader
 from common.metrics import OODMetrics
 from memae.config import TrainConfig
@@ -231,21 +228,33 @@ class Evaluation:
     data: TensorBatchLoader
 
 
+def metric_values(engine: Engine) -> dict[str, float]:
+    """The numbers among an evaluator's metrics (the OOD keys, ``selection_accuracy``) as python floats."""
+    return {
+        name: float(value)
+        for name, value in engine.state.metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
 def fit(
     model: Autoencoder,
     train_data: TensorBatchLoader | None,
     evaluations: Sequence[Evaluation],
     train: TrainConfig,
     entropy_weight: float,
-    run_dir: Path,
+    folder: Path,
     *,
     seed: int,
     group: Sequence[int] | None = None,
-    resume: bool = False,
     progress: bool = True,
     freeze_batchnorm: bool = False,
-) -> dict[str, Mapping[str, Any]]:
+) -> dict[str, dict[str, float]]:
     """Train ``model`` for ``train.epochs`` epochs (Adam), then return each evaluation's metrics of the last epoch.
+
+    The training continues from the newest intact checkpoint in ``folder`` if there is one (exactly where it
+    stopped, even part-way through an epoch). The last epoch is always checkpointed, so a finished training is not
+    run again: its model is only evaluated.
 
     Args:
         model: the autoencoder, on the loaders' device.
@@ -253,25 +262,25 @@ def fit(
         evaluations: run every ``train.eval_every`` epochs and after the last one; the first also logs images.
         train: epochs, learning rate, evaluation and checkpoint periods.
         entropy_weight: α, the entropy weight of the objective.
-        run_dir: this training's folder (tensorboard events, ``checkpoints/``).
+        folder: this training's folder (tensorboard events, ``checkpoints/``).
         seed: seed of the epoch reseeding (``common.run.make_reproducible``).
         group: target group of a conditional model.
-        resume: continue from the newest checkpoint in ``run_dir`` if there is one (a finished run is only
-            evaluated again).
         progress: show progress bars.
         freeze_batchnorm: train with BatchNorm on its running statistics (see :func:`create_trainer`).
+
+    Returns:
+        evaluation name → its metrics (:func:`metric_values`).
     """
     if train_data is None:
         for evaluation in evaluations:
             evaluation.engine.run(evaluation.data)
-        return {evaluation.name: dict(evaluation.engine.state.metrics) for evaluation in evaluations}
+        return {evaluation.name: metric_values(evaluation.engine) for evaluation in evaluations}
     optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
     trainer = create_trainer(model, optimizer, entropy_weight, group, freeze_batchnorm)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
     handlers = setup_handlers(
         trainer,
         {evaluation.name: (evaluation.engine, evaluation.data) for evaluation in evaluations},
-        run_dir,
+        folder,
         {"model": model, "optimizer": optimizer},
         seed=seed,
         optimizer=optimizer,
@@ -280,12 +289,14 @@ def fit(
         checkpoint_every_epochs=train.checkpoint_every,
         n_saved=1,
         progress=progress,
-        resume=checkpoint,
+        resume=True,
     )
+    if train.epochs % train.checkpoint_every:  # checkpoint the last epoch too: a finished training is not rerun
+        trainer.add_event_handler(Events.COMPLETED, handlers.checkpoint)
     if evaluations:
         attach_diagnostics(evaluations[0].engine, trainer, model, handlers.tb_logger, evaluations[0].name)
     try:
-        if trainer.state.epoch >= train.epochs:  # a finished run restored from its last checkpoint
+        if trainer.state.epoch >= train.epochs:  # a finished training restored from its last checkpoint
             for evaluation in evaluations:
                 evaluation.engine.run(evaluation.data)
         else:
@@ -293,4 +304,23 @@ def fit(
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
-    return {evaluation.name: dict(evaluation.engine.state.metrics) for evaluation in evaluations}
+    return {evaluation.name: metric_values(evaluation.engine) for evaluation in evaluations}
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Write ``model``'s state_dict to ``path`` atomically (``<path>.partial``, then ``os.replace``)."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load the state_dict :func:`save_weights` wrote into ``model`` (``weights_only``); return ``model``.
+
+    Raises:
+        MissingDataError: ``path`` does not exist (its cell has not finished).
+    """
+    if not path.is_file():
+        raise MissingDataError(path, "the cell that trains this model has not finished; run it first")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model

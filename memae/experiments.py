@@ -1,124 +1,98 @@
-"""The tables ``python main.py memae`` reproduces: the MemAE image table and the C-MemAE experiments.
+"""The tables ``python main.py memae`` reproduces, as cells: the MemAE image table and the C-MemAE experiments.
 
 - ``image_table``: AE, MemAE-nonSpar and MemAE under the one-class protocol (each class normal in turn, ~30 %
-  anomalies from the other classes), AUROC averaged over the classes (Gong et al., Sec. 4.1).
+  anomalies from the other classes), AUROC averaged over the classes (Gong et al., ICCV 2019, Sec. 4.1). One cell
+  per (column, variant, normal class, seed): ``memae/image_table/MNIST/MemAE/class-7/seed-0``.
 - ``conditional``: C-MemAE (one memory per class of a group, known condition and self-selection) against one
-  MemAE per class and the conditional AE, self-selection accuracy, and the few-shot memory strategies over k.
+  MemAE per class and the conditional AE, self-selection accuracy, and the few-shot memory strategies over k. One
+  cell per single-class MemAE (``memae/conditional/MNIST/MemAE/class-3/seed-0``), per group and model
+  (``.../cmemae/group-0-1/seed-0``, ``.../cae/group-0-1/seed-0``) and per few-shot run
+  (``.../few-shot/transfer/k-10/class-5/seed-0``), which needs the cell of the model it starts from and loads the
+  ``model.pt`` that cell saved.
 
-Each training has its own folder ``<run>/<column>/<row>/seed<s>/<task>/`` (tensorboard events, checkpoints);
-with ``--resume <run>`` each continues from its newest checkpoint. AUROC and accuracies are printed in percent.
+Each cell trains in its own folder (tensorboard events, checkpoints) and resumes from its newest checkpoint.
+Tables print AUROC and accuracies in percent, ± the standard deviation over seeds of the per-seed class mean.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+import folder_locations
+from common.cells import Cell, Experiment, Paper, RunContext
 from common.datasets import ImageSet, load
 from common.loaders import TensorBatchLoader
-from common.papers import Experiment, Paper, RunOptions, register_paper
-from common.results import ResultRow
-from common.run import resolve_device, save_run_config, seed_everything, torch_threads
+from common.results import ResultRow, Spread, summary_row
+from common.run import seed_everything
 from memae import paper
 from memae.config import (
-    SCALES,
     ConditionalSetting,
     DataConfig,
     ImageSetting,
+    MemAEConfig,
     MemoryConfig,
-    ScaleConfig,
     TrainConfig,
+    configure,
 )
 from memae.data import normalisation, one_class_test_set, training_set
-from memae.engine import Evaluation, create_evaluator, fit
+from memae.engine import Evaluation, create_evaluator, fit, load_weights, save_weights
 from memae.few_shot import STRATEGIES
 from memae.models import ARCHITECTURES, Autoencoder, build_model
 
-PAPER = "memae"
+NAME = "memae"
 CITATION = (
     "Gong et al., Memorizing Normality to Detect Anomaly: Memory-augmented Deep Autoencoder for Unsupervised "
     "Anomaly Detection, ICCV 2019; and C-MemAE (Zamel), class-conditional memories"
 )
 EVAL_BATCH = 500  # C-MemAE's test_batch_size
+MODEL_FILE = "model.pt"  # state_dict of a trained model that few-shot cells fine-tune
+SPREAD = Spread(statistic="std", ddof=1, over="seeds")  # of the per-seed mean over the classes
 EXTRA_METRICS = ("AUPR-IN", "AUPR-OUT", "FPR95TPR")
+OTHER_METRICS_TABLE = "Image table: other metrics (%)"
+PER_CLASS_TABLE = "Image table: AUROC (%) per class"
 CONDITIONAL_TABLE = "C-MemAE: one memory per class of a group (AUROC %, mean over the classes)"
+FEW_SHOT_TABLE = "C-MemAE few-shot transfer to a new class (AUROC %, mean over the new classes)"
+IMAGE_VARIANTS = {"AE": "ae", "MemAE-nonSpar": "memae", "MemAE": "memae"}
+"""Image-table rows → model variant; MemAE-nonSpar is MemAE without shrinkage and entropy loss (Sec. 4.1)."""
 SELF_SELECTION_MODES: dict[str, str | None] = {"known": None, "self_sum": "sum", "self_max": "max"}
 """C-MemAE evaluations: known condition, and self-selection by summed (C-MemAE) or maximal slot similarity."""
-FEW_SHOT_TABLE = "C-MemAE few-shot transfer to a new class (AUROC %, mean over the new classes)"
+GROUP_VARIANTS = ("cmemae", "cae")  # C-MemAE and the conditional AE, one of each per group
 
 
-@dataclass(frozen=True)
-class Context:
-    """What every training of one experiment shares."""
-
-    scale: ScaleConfig
-    scale_name: str
-    seeds: tuple[int, ...]
-    device: torch.device
-    epochs: int | None
-    resume: bool
-    progress: bool
-    run_dir: Path
-
-    def train_config(self, train: TrainConfig) -> TrainConfig:
-        """``train`` with the ``--epochs`` override applied."""
-        if self.epochs is None:
-            return train
-        return replace(
-            train,
-            epochs=self.epochs,
-            eval_every=min(train.eval_every, self.epochs),
-            checkpoint_every=min(train.checkpoint_every, self.epochs),
-        )
+# --------------------------------------------------------------------------------------------- shared
+def _id_part(text: str) -> str:
+    """``text`` as a cell-id part: characters other than letters, digits and ``_.+=-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text)
 
 
-def _context(options: RunOptions, run_dir: Path) -> Context:
-    if options.nproc_per_node not in (None, 1):
-        raise ValueError("memae trains its many small models in one process: --nproc-per-node is not supported")
-    scale = SCALES[options.scale]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(run_dir, {"options": asdict(options), "scale": asdict(scale)})
-    return Context(
-        scale=scale,
-        scale_name=options.scale,
-        seeds=options.seeds or scale.seeds,
-        device=resolve_device(options.device),
-        epochs=options.epochs,
-        resume=options.resume is not None,
-        progress=options.progress,
-        run_dir=run_dir,
-    )
-
-
-def _folder(*parts: object) -> str:
-    """Nested folder ``part/part/...`` of one training, each part made safe for a file name."""
-    return "/".join(re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(part)) for part in parts)
-
-
-def _load(data: DataConfig) -> tuple[ImageSet, ImageSet]:
+@functools.cache
+def _load_from(data: DataConfig, root: Path) -> tuple[ImageSet, ImageSet]:
+    """``root`` (the data root) is only part of the cache key: a test may point the root elsewhere."""
     return load(data.name, "train", **data.load_options), load(data.name, "test", **data.load_options)
 
 
-def _loader(data: ImageSet, batch_size: int, ctx: Context, seed: int = 0, shuffle: bool = False) -> TensorBatchLoader:
-    channels = data.images.shape[1]
+def _load(data: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """Training and test images of ``data`` (kept in memory per data root: many cells read the same set)."""
+    return _load_from(data, folder_locations.data_root())
+
+
+def _loader(
+    data: ImageSet, batch_size: int, ctx: RunContext, seed: int = 0, shuffle: bool = False
+) -> TensorBatchLoader:
+    transform = normalisation(data.images.shape[1])
     return TensorBatchLoader(
-        data.images,
-        data.labels,
-        batch_size,
-        shuffle=shuffle,
-        transform=normalisation(channels),
-        device=ctx.device,
-        seed=seed,
+        data.images, data.labels, batch_size, shuffle=shuffle, transform=transform, device=ctx.device, seed=seed
     )
 
 
-def _build(architecture: str, variant: str, memory: MemoryConfig, ctx: Context, conditions: int = 1) -> Autoencoder:
+def _build(architecture: str, variant: str, memory: MemoryConfig, ctx: RunContext, conditions: int = 1) -> Autoencoder:
     model = build_model(
         architecture,
         variant,
@@ -130,57 +104,43 @@ def _build(architecture: str, variant: str, memory: MemoryConfig, ctx: Context, 
     return model.to(ctx.device)
 
 
-def _test_sets(test: ImageSet, classes: Sequence[int], seed: int) -> dict[int, ImageSet]:
-    """One-class test set per class, the anomalies drawn with ``default_rng([seed, class])``."""
-    return {c: one_class_test_set(test, c, np.random.default_rng([seed, c])) for c in classes}
+def _test_set(test: ImageSet, normal_class: int, seed: int) -> ImageSet:
+    """The one-class test set of ``normal_class``, the anomalies drawn with ``default_rng([seed, class])``."""
+    return one_class_test_set(test, normal_class, np.random.default_rng([seed, normal_class]))
 
 
 def _train_one_class(
-    ctx: Context,
-    architecture: str,
-    variant: str,
-    memory: MemoryConfig,
-    train: TrainConfig,
-    train_set: ImageSet,
-    test_set: ImageSet,
-    normal_class: int,
-    seed: int,
-    folder: str,
-) -> tuple[dict[str, Any], Autoencoder]:
-    """Train one model on ``train_set`` (normal class only); return its last-epoch test metrics and the model."""
+    ctx: RunContext, data: DataConfig, variant: str, memory: MemoryConfig, train: TrainConfig, c: int, seed: int
+) -> tuple[dict[str, float], Autoencoder]:
+    """Train one model on the training images of class ``c`` in the cell's folder; its last-epoch test metrics."""
+    train_data, test_data = _load(data)
     seed_everything(seed)
-    model = _build(architecture, variant, memory, ctx)
-    train = ctx.train_config(train)
-    evaluation = Evaluation("test", create_evaluator(model, normal_class), _loader(test_set, EVAL_BATCH, ctx))
+    model = _build(data.architecture, variant, memory, ctx)
+    evaluation = Evaluation("test", create_evaluator(model, c), _loader(_test_set(test_data, c, seed), EVAL_BATCH, ctx))
     metrics = fit(
         model,
-        _loader(train_set, train.batch_size, ctx, seed, shuffle=True),
+        _loader(training_set(train_data, [c]), train.batch_size, ctx, seed, shuffle=True),
         [evaluation],
         train,
         memory.entropy_weight if variant != "ae" else 0.0,
-        ctx.run_dir / folder,
+        ctx.folder,
         seed=seed,
-        resume=ctx.resume,
         progress=ctx.progress,
     )
     return metrics["test"], model
 
 
-def _percent_row(
-    ctx: Context, table: str, row: str, column: str, per_seed: Sequence[float], paper_value: float | None, note: str
-) -> ResultRow:
-    """A table cell in percent: mean over seeds, spread = standard deviation over seeds (None for one seed)."""
-    values = 100.0 * np.asarray(per_seed, dtype=np.float64)
-    return ResultRow(
-        paper=PAPER,
+def _row(config: MemAEConfig, table: str, row: str, column: str, fractions: Sequence[float], note: str) -> ResultRow:
+    """A table cell in percent: the mean over seeds of ``fractions`` (one per seed) ± their std over seeds."""
+    return summary_row(
+        [100.0 * float(value) for value in fractions],
+        SPREAD,
+        paper.published(table, row, column),
+        paper=NAME,
         table=table,
         row=row,
         column=column,
-        ours=float(values.mean()),
-        paper_value=None if paper_value is None else 100.0 * paper_value,
-        spread=float(values.std(ddof=1)) if len(values) > 1 else None,
-        seeds=ctx.seeds,
-        scale=ctx.scale_name,
+        seeds=config.seeds,
         note=note,
     )
 
@@ -191,136 +151,98 @@ def _data_note(data: DataConfig) -> str:
 
 
 # --------------------------------------------------------------------------------------------- image table
-def image_table(options: RunOptions, run_dir: Path) -> list[ResultRow]:
-    """MemAE's image table: AE, MemAE-nonSpar, MemAE; per-class one-class AUROC averaged over the classes."""
-    ctx = _context(options, run_dir)
-    with torch_threads(ctx.scale.cpu_threads if ctx.device.type == "cpu" else None):
-        return [row for setting in ctx.scale.image_table for row in _image_setting(ctx, setting)]
+def image_cell_id(setting: ImageSetting, label: str, c: int, seed: int) -> str:
+    """``memae/image_table/<column>/<row>/class-<c>/seed-<seed>``."""
+    return f"{NAME}/image_table/{_id_part(setting.data.column)}/{label}/class-{c}/seed-{seed}"
 
 
-def _image_setting(ctx: Context, setting: ImageSetting) -> list[ResultRow]:
-    """One column of the image table: every variant, seed and normal class."""
-    train_data, test_data = _load(setting.data)
-    variants = (
-        ("AE", "ae", setting.memory),
-        ("MemAE-nonSpar", "memae", setting.memory.without_sparsity()),
-        ("MemAE", "memae", setting.memory),
-    )
-    rows: list[ResultRow] = []
-    for label, variant, memory in variants:
-        per_seed: list[list[Mapping[str, Any]]] = []
-        for seed in ctx.seeds:
-            tests = _test_sets(test_data, setting.data.classes, seed)
-            per_seed.append(
-                [
-                    _train_one_class(
-                        ctx,
-                        setting.data.architecture,
-                        variant,
-                        memory,
-                        setting.train,
-                        training_set(train_data, [c]),
-                        tests[c],
-                        c,
-                        seed,
-                        _folder(setting.data.column, label, f"seed{seed}", f"class{c}"),
-                    )[0]
-                    for c in setting.data.classes
-                ]
-            )
-        rows += _image_rows(ctx, setting.data, label, per_seed)
-    return rows
+def _image_cell(setting: ImageSetting, label: str, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
+    memory = setting.memory.without_sparsity() if label == "MemAE-nonSpar" else setting.memory
+    return _train_one_class(ctx, setting.data, IMAGE_VARIANTS[label], memory, setting.train, c, seed)[0]
 
 
-def _image_rows(ctx: Context, data: DataConfig, label: str, per_seed: list[list[Mapping[str, Any]]]) -> list[ResultRow]:
-    note = _data_note(data)
-    column = data.column
-    rows = [
-        _percent_row(
-            ctx,
-            paper.IMAGE_TABLE,
-            label,
-            column,
-            [np.mean([m["AUROC"] for m in seed]) for seed in per_seed],
-            paper.image_auroc(label, column),
-            note,
-        )
+def image_cells(config: MemAEConfig) -> list[Cell]:
+    """One training and test per (column, variant, normal class, seed)."""
+    return [
+        Cell(image_cell_id(setting, label, c, seed), functools.partial(_image_cell, setting, label, c, seed))
+        for setting in config.image_table
+        for label in IMAGE_VARIANTS
+        for c in setting.data.classes
+        for seed in config.seeds
     ]
-    for key in EXTRA_METRICS:
-        values = [np.mean([m[key] for m in seed]) for seed in per_seed]
-        rows.append(_percent_row(ctx, "Image table: other metrics (%)", label, f"{column} {key}", values, None, note))
-    for index, c in enumerate(data.classes):
-        values = [seed[index]["AUROC"] for seed in per_seed]
-        rows.append(_percent_row(ctx, "Image table: AUROC (%) per class", label, f"{column} {c}", values, None, note))
+
+
+def image_table(config: MemAEConfig, results: Mapping[str, Mapping[str, Any]]) -> list[ResultRow]:
+    """MemAE's image table (AUROC, mean over the classes), the other metrics and the per-class AUROCs."""
+    rows = []
+    for setting in config.image_table:
+        data, note = setting.data, _data_note(setting.data)
+        for label in IMAGE_VARIANTS:
+            per_seed = [[results[image_cell_id(setting, label, c, s)] for c in data.classes] for s in config.seeds]
+            rows.append(
+                _row(config, paper.IMAGE_TABLE, label, data.column, [_mean(m, "AUROC") for m in per_seed], note)
+            )
+            for key in EXTRA_METRICS:
+                values = [_mean(m, key) for m in per_seed]
+                rows.append(_row(config, OTHER_METRICS_TABLE, label, f"{data.column} {key}", values, note))
+            for index, c in enumerate(data.classes):
+                values = [m[index]["AUROC"] for m in per_seed]
+                rows.append(_row(config, PER_CLASS_TABLE, label, f"{data.column} {c}", values, note))
     return rows
+
+
+def _mean(metrics: Sequence[Mapping[str, float]], key: str) -> float:
+    return float(np.mean([m[key] for m in metrics]))
 
 
 # --------------------------------------------------------------------------------------------- C-MemAE
-@dataclass
-class ConditionalResults:
-    """Per seed: AUROC per class of each model kind, selection accuracies, few-shot AUROCs, pretrained models."""
-
-    auroc: dict[str, dict[int, float]]
-    selection: dict[str, list[float]]
-    few_shot: dict[tuple[str, int], list[float]]
-    single_models: dict[int, Autoencoder]
-    conditional_models: dict[tuple[int, ...], Autoencoder]
+def _prefix(setting: ConditionalSetting) -> str:
+    return f"{NAME}/conditional/{_id_part(setting.data.column)}"
 
 
-def conditional(options: RunOptions, run_dir: Path) -> list[ResultRow]:
-    """C-MemAE: conditional vs per-class MemAE, self-selection accuracy, few-shot strategies over k shots."""
-    ctx = _context(options, run_dir)
-    rows: list[ResultRow] = []
-    with torch_threads(ctx.scale.cpu_threads if ctx.device.type == "cpu" else None):
-        for setting in ctx.scale.conditional:
-            train_data, test_data = _load(setting.data)
-            runs = [_conditional_seed(ctx, setting, train_data, test_data, seed) for seed in ctx.seeds]
-            rows += _conditional_rows(ctx, setting, runs)
-    return rows
+def single_cell_id(setting: ConditionalSetting, c: int, seed: int) -> str:
+    """The MemAE of class ``c``: ``memae/conditional/<column>/MemAE/class-<c>/seed-<seed>``."""
+    return f"{_prefix(setting)}/MemAE/class-{c}/seed-{seed}"
 
 
-def _conditional_seed(
-    ctx: Context, setting: ConditionalSetting, train_data: ImageSet, test_data: ImageSet, seed: int
-) -> ConditionalResults:
-    """One seed of the C-MemAE table: per-class MemAEs, a C-MemAE and a conditional AE per group, few-shot runs."""
-    classes = sorted({c for group in setting.groups for c in group} | set(setting.few_shot.new_classes))
-    tests = _test_sets(test_data, classes, seed)
-    results = ConditionalResults({}, {}, {}, {}, {})
-    arch, column = setting.data.architecture, setting.data.column
-    single = results.auroc.setdefault("single", {})
-    for c in sorted({c for group in setting.groups for c in group}):
-        metrics, model = _train_one_class(
-            ctx,
-            arch,
-            "memae",
-            setting.memory,
-            setting.train,
-            training_set(train_data, [c]),
-            tests[c],
-            c,
-            seed,
-            _folder(column, "MemAE", f"seed{seed}", f"class{c}"),
-        )
-        single[c] = metrics["AUROC"]
-        results.single_models[c] = model
-    for group in setting.groups:
-        _train_group(ctx, setting, "cmemae", group, train_data, tests, seed, results)
-        _train_group(ctx, setting, "cae", group, train_data, tests, seed, results)
-    _few_shot(ctx, setting, train_data, tests, seed, results)
-    return results
+def group_cell_id(setting: ConditionalSetting, variant: str, group: Sequence[int], seed: int) -> str:
+    """The C-MemAE or conditional AE of a group: ``memae/conditional/<column>/<cmemae|cae>/group-0-1/seed-<seed>``."""
+    return f"{_prefix(setting)}/{variant}/group-{'-'.join(map(str, group))}/seed-{seed}"
 
 
-def _train_group(
-    ctx: Context,
-    setting: ConditionalSetting,
-    variant: str,
-    group: tuple[int, ...],
-    train_data: ImageSet,
-    tests: Mapping[int, ImageSet],
-    seed: int,
-    results: ConditionalResults,
-) -> None:
-    """Train one C-MemAE (or conditional AE) on a group; evaluate each class with known and self-selected memory."""
+def few_shot_cell_id(setting: ConditionalSetting, strategy: str, shots: int, new_class: int, seed: int) -> str:
+    """``memae/conditional/<column>/few-shot/<strategy>/k-<shots>/class-<new class>/seed-<seed>``."""
+    return f"{_prefix(setting)}/few-shot/{strategy}/k-{shots}/class-{new_class}/seed-{seed}"
+
+
+def _source_cell_id(setting: ConditionalSetting, source: str, seed: int) -> str:
+    """The cell of the pretrained model a few-shot strategy starts from (``single`` or ``conditional``)."""
+    few = setting.few_shot
+    if source == "single":
+        return single_cell_id(setting, few.source_class, seed)
+    return group_cell_id(setting, "cmemae", few.source_group, seed)
+
+
+def _grouped_classes(setting: ConditionalSetting) -> list[int]:
+    return sorted({c for group in setting.groups for c in group})
+
+
+def _single_cell(setting: ConditionalSetting, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
+    """One MemAE on class ``c``; its weights are kept for the few-shot cells."""
+    metrics, model = _train_one_class(ctx, setting.data, "memae", setting.memory, setting.train, c, seed)
+    save_weights(model, ctx.folder / MODEL_FILE)
+    return metrics
+
+
+def _group_cell(
+    setting: ConditionalSetting, variant: str, group: tuple[int, ...], seed: int, ctx: RunContext
+) -> dict[str, dict[str, float]]:
+    """One C-MemAE (or conditional AE) on a group, each class evaluated with known and self-selected memory.
+
+    Returns ``<mode>_<class>`` → metrics (``selection_accuracy`` too for self-selection); a C-MemAE's weights are
+    kept for the few-shot cells.
+    """
+    train_data, test_data = _load(setting.data)
     seed_everything(seed)
     model = _build(setting.data.architecture, variant, setting.memory, ctx, conditions=len(group))
     modes = SELF_SELECTION_MODES if variant == "cmemae" else {"known": None}
@@ -328,130 +250,161 @@ def _train_group(
         Evaluation(
             f"{mode}_{c}",
             create_evaluator(model, c, group, selection is None, selection or "sum"),
-            _loader(tests[c], EVAL_BATCH, ctx),
+            _loader(_test_set(test_data, c, seed), EVAL_BATCH, ctx),
         )
         for c in group
         for mode, selection in modes.items()
     ]
-    train = ctx.train_config(setting.train)
     metrics = fit(
         model,
-        _loader(training_set(train_data, group), train.batch_size, ctx, seed, shuffle=True),
+        _loader(training_set(train_data, group), setting.train.batch_size, ctx, seed, shuffle=True),
         evaluations,
-        train,
+        setting.train,
         setting.memory.entropy_weight if variant == "cmemae" else 0.0,
-        ctx.run_dir / _folder(setting.data.column, variant, f"seed{seed}", "group" + "-".join(map(str, group))),
+        ctx.folder,
         seed=seed,
         group=group,
-        resume=ctx.resume,
         progress=ctx.progress,
     )
-    for c in group:
-        for mode, selection in modes.items():
-            results.auroc.setdefault(f"{variant}_{mode}", {})[c] = metrics[f"{mode}_{c}"]["AUROC"]
-            if selection is not None:
-                results.selection.setdefault(mode, []).append(metrics[f"{mode}_{c}"]["selection_accuracy"])
     if variant == "cmemae":
-        results.conditional_models[group] = model
+        save_weights(model, ctx.folder / MODEL_FILE)
+    return metrics
 
 
-def _few_shot(
-    ctx: Context,
-    setting: ConditionalSetting,
-    train_data: ImageSet,
-    tests: Mapping[int, ImageSet],
-    seed: int,
-    results: ConditionalResults,
-) -> None:
-    """Fine-tune the pretrained MemAE / C-MemAE on k shots of each new class with every strategy."""
-    few = setting.few_shot
-    sources = {
-        "single": results.single_models[few.source_class],
-        "conditional": results.conditional_models[few.source_group],
-    }
-    train = ctx.train_config(few.train)
-    channels = train_data.images.shape[1]
-    for new_class in few.new_classes:
-        for shots in few.shots:
-            shot_set = training_set(train_data, [new_class], shots, np.random.default_rng([seed, new_class, shots]))
-            images = normalisation(channels)(shot_set.images.to(ctx.device))
-            for name, strategy in STRATEGIES.items():
-                seed_everything(seed)
-                model = strategy.apply(sources[strategy.source], images)
-                evaluation = Evaluation(
-                    "test", create_evaluator(model, new_class), _loader(tests[new_class], EVAL_BATCH, ctx)
+def _pretrained(setting: ConditionalSetting, source: str, seed: int, ctx: RunContext) -> Autoencoder:
+    """The model a few-shot strategy starts from, loaded from the ``model.pt`` of its cell."""
+    if source == "single":
+        model = _build(setting.data.architecture, "memae", setting.memory, ctx)
+    else:
+        conditions = len(setting.few_shot.source_group)
+        model = _build(setting.data.architecture, "cmemae", setting.memory, ctx, conditions)
+    return load_weights(model, ctx.folder_of(_source_cell_id(setting, source, seed)) / MODEL_FILE)
+
+
+def _few_shot_cell(
+    setting: ConditionalSetting, name: str, shots: int, new_class: int, seed: int, ctx: RunContext
+) -> dict[str, float]:
+    """Fine-tune the pretrained MemAE / C-MemAE on ``shots`` images of ``new_class`` with strategy ``name``."""
+    strategy, few = STRATEGIES[name], setting.few_shot
+    train_data, test_data = _load(setting.data)
+    source = _pretrained(setting, strategy.source, seed, ctx)
+    shot_set = training_set(train_data, [new_class], shots, np.random.default_rng([seed, new_class, shots]))
+    images = normalisation(shot_set.images.shape[1])(shot_set.images.to(ctx.device))
+    seed_everything(seed)
+    model = strategy.apply(source, images)
+    evaluation = Evaluation(
+        "test", create_evaluator(model, new_class), _loader(_test_set(test_data, new_class, seed), EVAL_BATCH, ctx)
+    )
+    metrics = fit(
+        model,
+        _loader(shot_set, few.train.batch_size, ctx, seed, shuffle=True) if strategy.trains else None,
+        [evaluation],
+        few.train,
+        setting.memory.entropy_weight,
+        ctx.folder,
+        seed=seed,
+        progress=ctx.progress,
+        freeze_batchnorm=True,
+    )
+    return metrics["test"]
+
+
+def conditional_cells(config: MemAEConfig) -> list[Cell]:
+    """Per seed: a MemAE per grouped class, a C-MemAE and a conditional AE per group, every few-shot run."""
+    found = []
+    for setting in config.conditional:
+        few = setting.few_shot
+        for seed in config.seeds:
+            found += [
+                Cell(single_cell_id(setting, c, seed), functools.partial(_single_cell, setting, c, seed))
+                for c in _grouped_classes(setting)
+            ]
+            found += [
+                Cell(group_cell_id(setting, v, g, seed), functools.partial(_group_cell, setting, v, g, seed))
+                for g in setting.groups
+                for v in GROUP_VARIANTS
+            ]
+            found += [
+                Cell(
+                    few_shot_cell_id(setting, name, shots, c, seed),
+                    functools.partial(_few_shot_cell, setting, name, shots, c, seed),
+                    needs=(_source_cell_id(setting, strategy.source, seed),),
                 )
-                metrics = fit(
-                    model,
-                    _loader(shot_set, train.batch_size, ctx, seed, shuffle=True) if strategy.trains else None,
-                    [evaluation],
-                    train,
-                    setting.memory.entropy_weight,
-                    ctx.run_dir
-                    / _folder(setting.data.column, "few-shot", name, f"seed{seed}", f"k{shots}", f"class{new_class}"),
-                    seed=seed,
-                    resume=ctx.resume,
-                    progress=ctx.progress,
-                    freeze_batchnorm=True,
-                )
-                results.few_shot.setdefault((name, shots), []).append(metrics["test"]["AUROC"])
+                for name, strategy in STRATEGIES.items()
+                for shots in few.shots
+                for c in few.new_classes
+            ]
+    return found
 
 
-def _conditional_rows(ctx: Context, setting: ConditionalSetting, runs: Sequence[ConditionalResults]) -> list[ResultRow]:
-    column, note = setting.data.column, _data_note(setting.data)
-    labels = {
-        "single": "MemAE, one model per class",
-        "cmemae_known": "C-MemAE, known condition",
-        "cmemae_self_sum": "C-MemAE, self-selection (summed similarity)",
-        "cmemae_self_max": "C-MemAE, self-selection (best slot)",
-        "cae_known": "conditional AE, known condition",
-    }
-    rows = [
-        _percent_row(
-            ctx,
-            CONDITIONAL_TABLE,
-            label,
-            f"{column} AUROC",
-            [np.mean(list(r.auroc[key].values())) for r in runs],
-            None,
-            note,
-        )
-        for key, label in labels.items()
-    ]
-    for mode, label in (("self_sum", "summed similarity"), ("self_max", "best slot")):
-        rows.append(
-            _percent_row(
-                ctx,
-                CONDITIONAL_TABLE,
-                f"C-MemAE self-selection accuracy ({label})",
-                f"{column} accuracy",
-                [np.mean(r.selection[mode]) for r in runs],
-                None,
-                note,
-            )
-        )
+CONDITIONAL_ROWS = {
+    "cmemae_known": "C-MemAE, known condition",
+    "cmemae_self_sum": "C-MemAE, self-selection (summed similarity)",
+    "cmemae_self_max": "C-MemAE, self-selection (best slot)",
+    "cae_known": "conditional AE, known condition",
+}
+"""``<variant>_<mode>`` → row label of the conditional table (after "MemAE, one model per class")."""
+SELECTION_ROWS = {"self_sum": "summed similarity", "self_max": "best slot"}
+
+
+def conditional_table(config: MemAEConfig, results: Mapping[str, Mapping[str, Any]]) -> list[ResultRow]:
+    """The C-MemAE table (AUROC and self-selection accuracy, mean over the classes) and the few-shot table."""
+    return [row for setting in config.conditional for row in _conditional_rows(config, setting, results)]
+
+
+def _conditional_rows(
+    config: MemAEConfig, setting: ConditionalSetting, results: Mapping[str, Mapping[str, Any]]
+) -> list[ResultRow]:
+    column, note, seeds = setting.data.column, _data_note(setting.data), config.seeds
+
+    def group_mean(variant: str, mode: str, metric: str, seed: int) -> float:
+        """The mean over every grouped class of ``metric`` of its ``<mode>_<class>`` evaluation."""
+        per_class = [
+            results[group_cell_id(setting, variant, group, seed)][f"{mode}_{c}"]
+            for group in setting.groups
+            for c in group
+        ]
+        return _mean(per_class, metric)
+
+    single = [_mean([results[single_cell_id(setting, c, s)] for c in _grouped_classes(setting)], "AUROC")
+              for s in seeds]  # fmt: skip
+    rows = [_row(config, CONDITIONAL_TABLE, "MemAE, one model per class", f"{column} AUROC", single, note)]
+    for key, label in CONDITIONAL_ROWS.items():
+        variant, mode = key.split("_", 1)
+        values = [group_mean(variant, mode, "AUROC", s) for s in seeds]
+        rows.append(_row(config, CONDITIONAL_TABLE, label, f"{column} AUROC", values, note))
+    for mode, label in SELECTION_ROWS.items():
+        values = [group_mean("cmemae", mode, "selection_accuracy", s) for s in seeds]
+        row = f"C-MemAE self-selection accuracy ({label})"
+        rows.append(_row(config, CONDITIONAL_TABLE, row, f"{column} accuracy", values, note))
     for name, strategy in STRATEGIES.items():
         for shots in setting.few_shot.shots:
-            values = [np.mean(r.few_shot[(name, shots)]) for r in runs]
-            rows.append(_percent_row(ctx, FEW_SHOT_TABLE, strategy.label, f"{column} k={shots}", values, None, note))
+            per_seed = [[results[few_shot_cell_id(setting, name, shots, c, s)] for c in setting.few_shot.new_classes]
+                        for s in seeds]  # fmt: skip
+            values = [_mean(cells, "AUROC") for cells in per_seed]
+            rows.append(_row(config, FEW_SHOT_TABLE, strategy.label, f"{column} k={shots}", values, note))
     return rows
 
 
-register_paper(
-    Paper(
-        PAPER,
-        CITATION,
-        experiments=(
-            Experiment(
-                "image_table",
-                image_table,
-                "MemAE image table: AE / MemAE-nonSpar / MemAE, one-class AUROC (MNIST, CIFAR-10; demo: digits)",
-            ),
-            Experiment(
-                "conditional",
-                conditional,
-                "C-MemAE: conditional vs per-class MemAE, self-selection accuracy, few-shot memory strategies",
-            ),
+PAPER = Paper(
+    NAME,
+    CITATION,
+    experiments=(
+        Experiment(
+            "image_table",
+            "MemAE image table: AE / MemAE-nonSpar / MemAE, one-class AUROC (MNIST, CIFAR-10; demo: digits)",
+            configure,
+            image_cells,
+            image_table,
+            cpu_threads=attrgetter("cpu_threads"),
         ),
-    )
+        Experiment(
+            "conditional",
+            "C-MemAE: conditional vs per-class MemAE, self-selection accuracy, few-shot memory strategies",
+            configure,
+            conditional_cells,
+            conditional_table,
+            cpu_threads=attrgetter("cpu_threads"),
+        ),
+    ),
 )

@@ -1,4 +1,5 @@
-"""The 5-fold protocol, aggregation, working points, synthetic MVTec data, augmentation and the end-to-end smoke run."""
+"""The 5-fold protocol, working points, synthetic MVTec data, augmentation, feature extraction, and the cells:
+their ids, one cell with its prerequisites, the end-to-end smoke run and a resumed run."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from sklearn.model_selection import KFold
 
 import main
 from common.datasets.mvtec import read_mvtec
-from common.errors import MissingDataError
-from common.papers import RunOptions
-from gaussian_ad import experiments
+from common.errors import MissingDataError, UsageError
+from gaussian_ad import data, experiments
 from gaussian_ad.augment import Switches, augment
+from gaussian_ad.backbones import IMAGENET_MEAN, IMAGENET_STD
 from gaussian_ad.config import CONFIGS
 from gaussian_ad.engine import extract_features
 from gaussian_ad.protocol import (
@@ -29,6 +30,7 @@ from gaussian_ad.protocol import (
     working_points,
 )
 from gaussian_ad.synthetic_mvtec import DEFECTS, write_synthetic_mvtec
+from tests.helpers.tensorboard import summaries
 
 
 def test_folds_are_sklearn_kfold_over_sorted_indices() -> None:
@@ -105,42 +107,106 @@ def test_bad_inputs(tmp_path) -> None:
         read_mvtec(tmp_path / "mvtec", "carpet", "train")
 
 
-def test_demo_end_to_end_smoke(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+class _TwoLevels(torch.nn.Module):
+    """A stand-in backbone with two "levels": the channel means and two channel maxima of its input."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))[:, :2]]
+
+
+def test_extraction_collects_every_level_in_image_order() -> None:
+    images = torch.randint(0, 256, (7, 3, 5, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    levels = extract_features(_TwoLevels(), images, torch.device("cpu"), batch_size=3, progress=False)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    expected = _TwoLevels()((images.float() / 255 - mean) / std)
+    assert [level.shape for level in levels] == [(7, 3), (7, 2)]
+    for got, want in zip(levels, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+TINY = {"categories": ("carpet", "bottle"), "n_train": 5, "n_test_good": 2, "n_test_defect": 1, "image_size": 64}
+
+
+@pytest.fixture
+def tiny_demo(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """The demo scale on two tiny synthetic categories, one augmented pass, one PCA and one NPCA threshold."""
     tiny = dataclasses.replace(
-        CONFIGS["demo"],
-        categories=("carpet", "bottle"),
-        n_train=5,
-        n_test_good=2,
-        n_test_defect=1,
-        image_size=64,
-        augment_passes=1,
-        pca_thresholds=(0.99,),
-        npca_thresholds=(0.99,),
+        CONFIGS["demo"], **TINY, augment_passes=1, pca_thresholds=(0.99,), npca_thresholds=(0.99,)
     )
     monkeypatch.setitem(CONFIGS, "demo", tiny)
     monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
-    main.discover_papers()
-    rows = main.run_paper("gaussian_ad", options=RunOptions(output=tmp_path / "runs", progress=False, device="cpu"))
+    return tiny
+
+
+def _cells(options: main.RunOptions | None = None) -> list[tuple[str, list[str]]]:
+    lines = main.list_paper_cells("gaussian_ad", options=options).splitlines()
+    return [(line.split()[0], line.split("needs ")[1].split(", ") if "needs " in line else []) for line in lines]
+
+
+def test_cell_ids_are_unique_stable_and_their_needs_are_cells() -> None:
+    cells = _cells()
+    assert cells == _cells()
+    ids = [cell_id for cell_id, _ in cells]
+    assert len(ids) == len(set(ids)) == 105  # 20 + 10 + 30 + 25 + 20: features and fit cells of tables I–V
+    assert all(need in ids for _, needs in cells for need in needs)
+    fit = dict(cells)["gaussian_ad/table5/bottle/efficientnet-lite0/npca-0.99"]
+    assert fit == [
+        "gaussian_ad/table5/features/efficientnet-lite0/bottle",
+        "gaussian_ad/table5/augmented-2/efficientnet-lite0/bottle",
+    ]
+    paper = [cell_id for cell_id, _ in _cells(main.RunOptions(scale="paper"))]
+    assert len(paper) == len(set(paper)) == 660 and "gaussian_ad/table2/screw/efficientnet-b7/mvg" in paper
+    with pytest.raises(UsageError, match="--epochs does not apply"):
+        main.list_paper_cells("gaussian_ad", options=main.RunOptions(epochs=1))
+
+
+def test_one_cell_runs_with_exactly_its_prerequisites(tmp_path, tiny_demo) -> None:
+    wanted = "gaussian_ad/table5/bottle/efficientnet-lite0/npca-0.99"
+    options = main.RunOptions(output=tmp_path / "runs", run_name="r", cells=(wanted,), progress=False, device="cpu")
+    assert main.run_paper("gaussian_ad", ["table5"], options) == []  # the table is not complete
+    run = tmp_path / "runs" / "gaussian_ad" / "table5" / "r"
+    finished = {str(path.parent.relative_to(run)) for path in run.rglob("result.json")}
+    assert finished == {
+        "features/efficientnet-lite0/bottle",
+        "augmented-1/efficientnet-lite0/bottle",
+        "bottle/efficientnet-lite0/npca-0.99",
+    }
+    values = json.loads((run / "bottle/efficientnet-lite0/npca-0.99/result.json").read_text())["values"]
+    assert list(values["auroc"]) == [*(f"L{i}" for i in range(1, 10)), "sum"]
+    logged = summaries(run / "bottle/efficientnet-lite0/npca-0.99")
+    assert logged["auroc/sum"][0].simple_value == pytest.approx(values["auroc"]["sum"])
+    assert {"scores/good", "scores/defective"} <= set(logged)
+    augmented = torch.load(run / "augmented-1/efficientnet-lite0/bottle/features.pt", weights_only=True)
+    assert augmented["augmented"][8].shape == (1, 5, 1280)
+
+
+def test_demo_end_to_end_smoke(tmp_path, tiny_demo) -> None:
+    options = main.RunOptions(output=tmp_path / "runs", run_name="r", progress=False, device="cpu")
+    rows = main.run_paper("gaussian_ad", options=options)
     titles = {key: title for key, title in experiments.TABLE_TITLES.items() if key != "table7"}
     assert {row.table for row in rows} == set(titles.values()), "table7 is paper-scale only"
     table = {title: key for key, title in titles.items()}
     rows = [dataclasses.replace(r, table=table[r.table]) for r in rows]
     sum_mvg = next(r for r in rows if (r.table, r.row, r.column) == ("table1", "sum", "MVG"))
-    assert sum_mvg.paper_value == 94.8 and 0 <= sum_mvg.ours <= 100 and sum_mvg.spread is not None
-    assert next(r for r in rows if (r.table, r.row) == ("table5", "carpet")).paper_value in (100.0,)
+    assert (sum_mvg.paper_value, sum_mvg.paper_spread, sum_mvg.n) == (94.8, 1.6, 2)
+    assert 0 <= sum_mvg.ours <= 100 and sum_mvg.spread is not None
+    assert sum_mvg.spread_kind == "SEM (ddof 1) over categories"
+    carpet = next(r for r in rows if (r.table, r.row, r.column) == ("table5", "carpet", "NPCA 0.99"))
+    assert (carpet.paper_value, carpet.n, carpet.spread) == (100.0, 1, None)
     assert sum(r.table == "table4" for r in rows) == 3 * (2 * 5 + 1)  # Lite0 PCA, none, NPCA; 5 σ × FPR, TPR + AUROC
     for experiment in ("table1", "table5"):
-        run = next((tmp_path / "runs" / "gaussian_ad" / experiment).iterdir())
+        run = tmp_path / "runs" / "gaussian_ad" / experiment / "r"
         assert json.loads((run / "results.json").read_text())["rows"]
-        assert list(run.glob("events.out.tfevents.*"))
+        assert list((run / "carpet" / "efficientnet-lite0" / "mvg").glob("events.out.tfevents.*"))
+    points = summaries(tmp_path / "runs/gaussian_ad/table4/r/carpet/efficientnet-lite0/mvg")
+    assert set(points["working_points/fpr"]) == {1, 2, 3, 4, 5}
 
 
 @pytest.mark.slow
 def test_demo_scale_reproduces_the_papers_ordering(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The whole demo scale (≈ 1–3 min on CPU): the MVG beats the L2 baseline and detects the drawn defects."""
+    """The whole demo scale (≈ 1.5–3 min on CPU): the MVG beats the L2 baseline and detects the drawn defects."""
     monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
-    main.discover_papers()
-    rows = main.run_paper("gaussian_ad", options=RunOptions(output=tmp_path / "runs", progress=False, device="cpu"))
+    rows = main.run_paper("gaussian_ad", options=main.RunOptions(output=tmp_path, progress=False, device="cpu"))
     key = {title: key for key, title in experiments.TABLE_TITLES.items()}
     cell = {(key[r.table], r.row, r.column): r.ours for r in rows}
     assert cell[("table1", "sum", "MVG")] > 80
@@ -148,22 +214,25 @@ def test_demo_scale_reproduces_the_papers_ordering(tmp_path, monkeypatch: pytest
     assert cell[("table5", "mean", "MVG")] > 80
 
 
-def test_resume_reuses_the_run_folders_features(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tiny = dataclasses.replace(
-        CONFIGS["demo"], categories=("grid",), n_train=5, n_test_good=2, n_test_defect=1, image_size=64
-    )
+def test_resume_continues_from_the_features_files(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = dataclasses.replace(CONFIGS["demo"], **{**TINY, "categories": ("grid",)})
     monkeypatch.setitem(CONFIGS, "demo", tiny)
     monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
-    main.discover_papers()
-    options = RunOptions(output=tmp_path / "runs", progress=False, device="cpu")
-    first = main.run_paper("gaussian_ad", ["table2"], options)
-    run_dir = next((tmp_path / "runs" / "gaussian_ad" / "table2").iterdir())
-    assert len(list((run_dir / "features").glob("*.pt"))) == 1
-    monkeypatch.setattr(experiments, "_FEATURES", {})  # a new process: nothing in memory
+    options = main.RunOptions(output=tmp_path / "runs", progress=False, device="cpu")
+    whole = main.run_paper("gaussian_ad", ["table2"], dataclasses.replace(options, run_name="whole"))
+    features = "gaussian_ad/table2/features/efficientnet-lite0/grid"
+    main.run_paper("gaussian_ad", ["table2"], dataclasses.replace(options, run_name="r", cells=(features,)))
+    run = tmp_path / "runs" / "gaussian_ad" / "table2" / "r"
+    fit_result = run / "grid" / "efficientnet-lite0" / "mvg" / "result.json"
+    assert (run / "features/efficientnet-lite0/grid/features.pt").is_file() and not fit_result.exists()
+    monkeypatch.setattr(data, "_FEATURES", {})  # a new process: nothing in memory
 
     def no_extraction(*args: object, **kwargs: object) -> None:
-        raise AssertionError("features were extracted again")
+        raise AssertionError("features were extracted or read again")
 
-    monkeypatch.setattr(experiments, "extract_features", no_extraction)
-    resumed = main.run_paper("gaussian_ad", ["table2"], dataclasses.replace(options, resume=run_dir))
-    assert [r.ours for r in resumed] == [r.ours for r in first]
+    monkeypatch.setattr(data, "extract_features", no_extraction)
+    resumed = main.run_paper("gaussian_ad", options=main.RunOptions(resume=run, progress=False, device="cpu"))
+    assert [(r.row, r.ours, r.spread) for r in resumed] == [(r.row, r.ours, r.spread) for r in whole]
+    monkeypatch.setattr(experiments, "stored_features", no_extraction)  # a finished run: no cell runs again
+    again = main.run_paper("gaussian_ad", options=main.RunOptions(resume=run / "grid", progress=False, device="cpu"))
+    assert again == resumed

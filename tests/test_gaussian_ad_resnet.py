@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 import main
 from common.errors import DataError, MissingDataError
-from common.papers import RunOptions
-from gaussian_ad import experiments
+from gaussian_ad import data
 from gaussian_ad.backbones import load_weights
 from gaussian_ad.config import CONFIGS
-from gaussian_ad.protocol import Variant
+from gaussian_ad.engine import fit
+from gaussian_ad.protocol import CategoryFeatures, Variant
 from gaussian_ad.resnet import ResNetFeatures, pretrained_resnet, resnet_weights_path
 
 # torchvision's published counts (ResNet*_Weights.IMAGENET1K_V1 meta "num_params") and stage layouts (He et al.)
@@ -148,7 +148,7 @@ def test_bad_weight_files_and_names(tmp_path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(MissingDataError, match=r"resnet50-0676ba61\.pth.*download\.pytorch\.org/models/"):
         resnet_weights_path("resnet50", allow_download=False)
     with pytest.raises(ValueError, match="architecture: unknown backbone 'resnet101'"):
-        experiments.resolution("resnet101")
+        data.resolution("resnet101")
 
 
 @pytest.fixture
@@ -156,9 +156,9 @@ def synthetic_resnet18(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Experiments build resnet18 from a random state dict with torchvision's keys; caches start empty."""
     path = tmp_path / "resnet18-synthetic.pth"
     torch.save(_torchvision_state("resnet18", torch.Generator().manual_seed(2)), path)
-    monkeypatch.setattr(experiments, "pretrained_resnet", lambda name: pretrained_resnet(name, path))
-    monkeypatch.setattr(experiments, "_BACKBONES", {})
-    monkeypatch.setattr(experiments, "_FEATURES", {})
+    monkeypatch.setattr(data, "pretrained_resnet", lambda name: pretrained_resnet(name, path))
+    monkeypatch.setattr(data, "_BACKBONES", {})
+    monkeypatch.setattr(data, "_FEATURES", {})
 
 
 def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.MonkeyPatch, synthetic_resnet18) -> None:
@@ -167,18 +167,17 @@ def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.Monk
     )
     monkeypatch.setitem(CONFIGS, "demo", tiny)
     monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
-    main.discover_papers()
-    options = RunOptions(output=tmp_path / "runs", progress=False, device="cpu")
+    options = main.RunOptions(output=tmp_path / "runs", progress=False, device="cpu")
     rows = main.run_paper("gaussian_ad", ["table1"], options)
     assert {(r.row, r.column) for r in rows} == {
         (row, column) for row in ("L1", "L2", "L3", "L4", "L5", "sum") for column in ("MVG", "L2", "SED")
     }
     assert all(0 <= r.ours <= 100 and "resnet18" in r.note and r.paper_value is None for r in rows)
-    features = next(iter(experiments._FEATURES.values()))
+    features = CategoryFeatures(**next(iter(data._FEATURES.values())))
     with pytest.raises(ValueError, match=r"levels: this backbone has levels L1\.\.L5, got L7"):
-        experiments.run_folds(features, Variant("mvg"), tiny, (6,))
-    assert isinstance(experiments.backbone("resnet18", None), ResNetFeatures)
-    assert experiments.resolution("resnet18") == 224
+        fit(features, Variant("mvg"), (6,))
+    assert isinstance(data.backbone("resnet18", None), ResNetFeatures)
+    assert data.resolution("resnet18") == 224
 
 
 def test_table7_is_a_paper_scale_experiment_over_the_resnets(
@@ -190,7 +189,7 @@ def test_table7_is_a_paper_scale_experiment_over_the_resnets(
     )  # fmt: skip
     monkeypatch.setitem(CONFIGS, "paper", tiny)
     monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
-    paper = main.discover_papers()["gaussian_ad"]
-    assert paper.experiment("table7").scales == ("paper",)
-    rows = main.run_paper("gaussian_ad", ["table7"], RunOptions(scale="paper", output=tmp_path, progress=False))
+    assert main.get_paper("gaussian_ad").experiment("table7").scales == ("paper",)
+    options = main.RunOptions(scale="paper", output=tmp_path, progress=False, device="cpu")
+    rows = main.run_paper("gaussian_ad", ["table7"], options)
     assert [(r.row, r.column) for r in rows] == [(level, "resnet18") for level in ("L1", "L2", "L3", "L4", "L5", "sum")]

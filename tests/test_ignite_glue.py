@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import platform
 import random
 import subprocess
@@ -31,16 +30,19 @@ from common.handlers import (
     log_images,
     log_pr_curve,
     output_scalars,
+    scalar_metrics,
     setup_handlers,
     setup_tensorboard,
 )
+from common.metrics import CollectTensors
 from common.run import (
     EpochSeededSampler,
     autocast_context,
     create_run_dir,
     grad_scaler,
+    plain,
     resolve_device,
-    save_run_config,
+    run_metadata,
     seed_epoch,
     seed_everything,
 )
@@ -141,11 +143,8 @@ class ToyConfig:
     data: Path = Path("/data/cifar10")
 
 
-def test_save_run_config_records_config_versions_and_commit(tmp_path: Path) -> None:
-    path = save_run_config(tmp_path, ToyConfig(lr=0.5))
-    record = json.loads(path.read_text())
-    assert path == tmp_path / "config.json"
-    assert record["config"] == {"lr": 0.5, "layers": [16, 32], "data": "/data/cifar10"}
+def test_run_metadata_records_versions_and_commit() -> None:
+    record = run_metadata()
     assert record["world_size"] == 1
     assert record["versions"]["torch"] == torch.__version__
     assert record["versions"]["ignite"] == ignite.__version__
@@ -155,18 +154,14 @@ def test_save_run_config_records_config_versions_and_commit(tmp_path: Path) -> N
         ["git", "rev-parse", "HEAD"], cwd=folder_locations.REPOSITORY, capture_output=True, text=True, check=True
     )
     assert record["git"]["commit"] == head.stdout.strip()
-    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left behind
 
 
-def test_save_run_config_takes_mappings_and_rejects_other_types(tmp_path: Path) -> None:
-    save_run_config(tmp_path, {"epochs": 3, "model": ToyConfig(lr=0.5), "nested": {"inner": ToyConfig()}})
-    assert json.loads((tmp_path / "config.json").read_text())["config"] == {
+def test_plain_turns_dataclasses_also_inside_mappings_into_objects() -> None:
+    assert plain({"epochs": 3, "model": ToyConfig(lr=0.5), "nested": {"inner": ToyConfig()}}) == {
         "epochs": 3,
-        "model": {"lr": 0.5, "layers": [16, 32], "data": "/data/cifar10"},
-        "nested": {"inner": {"lr": 1e-3, "layers": [16, 32], "data": "/data/cifar10"}},
-    }  # dataclasses inside a mapping are objects, not their repr
-    with pytest.raises(TypeError, match="dataclass"):
-        save_run_config(tmp_path, [1, 2])
+        "model": {"lr": 0.5, "layers": (16, 32), "data": Path("/data/cifar10")},
+        "nested": {"inner": {"lr": 1e-3, "layers": (16, 32), "data": Path("/data/cifar10")}},
+    }  # dataclasses inside a mapping are objects, not their repr; JSON writes tuples and paths as lists and text
 
 
 # Device and mixed precision
@@ -312,6 +307,7 @@ def test_tensorboard_logs_losses_learning_rates_evaluations_and_histograms(tmp_p
     count_skipped_steps(trainer)
     evaluator = Engine(lambda engine, batch: (model(batch[0]), batch[1]))
     Loss(nn.functional.mse_loss).attach(evaluator, "mse")
+    CollectTensors(lambda output: {"predictions": output[0]}).attach(evaluator, "outputs")  # not numbers: not logged
     evaluated: dict[int, float] = {}
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run(batches[:2]))
     evaluator.add_event_handler(
@@ -338,6 +334,12 @@ def test_tensorboard_logs_losses_learning_rates_evaluations_and_histograms(tmp_p
     assert {step: v.simple_value for step, v in logged["val/mse"].items()} == pytest.approx(evaluated, rel=1e-6)
     assert set(logged["weights/weight"]) == set(logged["weights/bias"]) == {1, 2}
     assert logged["weights/bias"][2].histo.max == pytest.approx(model.bias.item())
+    assert not [tag for tag in logged if "predictions" in tag or "outputs" in tag]
+
+
+def test_scalar_metrics_keeps_the_numbers_of_nested_metrics() -> None:
+    metrics = {"AUROC": 0.9, "ood": {"AUROC": 0.9, "n": torch.tensor(3)}, "flag": True, "x": torch.zeros(4)}
+    assert scalar_metrics(metrics, "test") == {"test/AUROC": 0.9, "test/ood/AUROC": 0.9, "test/ood/n": 3.0}
 
 
 def test_image_grid_places_each_image_in_reading_order() -> None:

@@ -1,8 +1,9 @@
-"""InvGlow Ignite engines: loss values, skipped non-finite steps, evaluator alignment, data helpers."""
+"""InvGlow Ignite engines: loss values, skipped non-finite steps, evaluator alignment, fit and resume, data helpers."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,16 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from common.datasets import load
-from common.handlers import SKIPPED_STEPS
-from common.loaders import TensorBatchLoader
+from common.datasets import ImageSet, load
+from common.handlers import CHECKPOINT_DIR, SKIPPED_STEPS, checkpoints_newest_first
+from common.tiny_builder import CHUNK_SIZE
 from common.transforms import bin_centres
-from invglow.data import CHUNK_SIZE, tiny_split_rows, to_size, write_demo_tiny_binary
+from invglow.config import TrainConfig
+from invglow.data import eval_sets, tiny_split_rows, to_size, write_demo_tiny_binary
 from invglow.engine import (
+    FINAL_MODEL,
+    LIKELIHOODS,
     OutlierLossConfig,
     create_evaluator,
     create_trainer,
-    eval_transform,
+    eval_loader,
+    fit,
     forward_on_finite_examples,
     train_transform,
 )
@@ -147,18 +152,68 @@ def test_class_outlier_loss_needs_the_tiny_model() -> None:
 def test_evaluator_aligns_likelihoods_with_images_and_scores_them() -> None:
     model, base = _model(0), _model(1)
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
-    set_ids = torch.tensor([0] * 25 + [1] * 15)
-    evaluator = create_evaluator(model, ("in", "out"), base)
-    evaluator.run(TensorBatchLoader(images, set_ids, 16, transform=eval_transform()))
-    fine, base_lp, ids = evaluator.state.likelihoods
+    evaluation = eval_sets("in", images[:25], {"out": images[25:]})
+    evaluator = create_evaluator(model, evaluation, base)
+    evaluator.run(eval_loader(evaluation, 16, torch.device("cpu")))
+    likelihoods = evaluator.state.metrics[LIKELIHOODS]
+    fine, base_lp = likelihoods["fine"], likelihoods["base"]
     with torch.no_grad():
         assert torch.allclose(fine, model(bin_centres(images))[1], atol=1e-4)
         assert torch.allclose(base_lp, base(bin_centres(images))[1], atol=1e-4)
-    assert torch.equal(ids, set_ids)
     ratio = anomaly_scores("ratio", fine, base_lp).values
     expected = auroc_percent(ratio[:25], ratio[25:])["AUROC"]
     assert evaluator.state.metrics["AUROC-ratio/out"] == pytest.approx(expected)
     assert {"bpd/in", "bpd/out", "AUROC-raw/out", "AUROC-final_scale/out", "non_finite"} <= set(evaluator.state.metrics)
+    alone = create_evaluator(model, evaluation)  # without the Tiny model: no ratio
+    alone.run(eval_loader(evaluation, 16, torch.device("cpu")))
+    assert set(alone.state.metrics[LIKELIHOODS]) == {"fine"} and "AUROC-ratio/out" not in alone.state.metrics
+
+
+_FIT = TrainConfig(epochs=2, batch_size=16, eval_batch_size=64, init_batches=1, translate_pixels=1)
+
+
+def _fit(folder: Path, epochs: int) -> tuple[Glow, dict]:
+    """A fresh 8×8 Glow trained from scratch in ``folder`` for ``epochs`` epochs (64 images, 4 steps per epoch)."""
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = Glow((3, 8, 8), n_scales=2, steps=1, hidden=8)
+    train = dataclasses.replace(_FIT, epochs=epochs)
+    evaluation = eval_sets("a", images[:16], {"b": images[16:32]})
+    options = {"seed": 3, "flip": True, "device": torch.device("cpu"), "progress": False}
+    metrics = fit(model, ImageSet(images, torch.zeros(64, dtype=torch.int64)), evaluation, train, folder, **options)
+    return model, metrics
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(tensor, b.state_dict()[name]) for name, tensor in a.state_dict().items())
+
+
+def test_fit_resumes_from_the_newest_intact_checkpoint_as_if_uninterrupted(tmp_path: Path) -> None:
+    whole, whole_metrics = _fit(tmp_path / "whole", 2)
+    interrupted, _ = _fit(tmp_path / "parts", 1)
+    (tmp_path / "parts" / FINAL_MODEL).unlink()  # as if killed after the first epoch's checkpoint
+    resumed, resumed_metrics = _fit(tmp_path / "parts", 2)
+    assert _same_weights(whole, resumed) and not _same_weights(whole, interrupted)
+    assert resumed_metrics["AUROC-raw/b"] == whole_metrics["AUROC-raw/b"]
+    saved = torch.load(tmp_path / "parts" / FINAL_MODEL, weights_only=True)
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in whole.state_dict().items())
+
+    # a truncated newest checkpoint (a crash while writing) is passed over for the one before it
+    newest, _ = checkpoints_newest_first(tmp_path / "whole")  # epochs 2 and 1
+    newest.write_bytes(newest.read_bytes()[:100])
+    (tmp_path / "whole" / FINAL_MODEL).unlink()
+    with pytest.warns(UserWarning, match="trying an older checkpoint"):
+        again, _ = _fit(tmp_path / "whole", 2)
+    assert _same_weights(whole, again)
+
+
+def test_fit_does_not_train_a_finished_model_again(tmp_path: Path) -> None:
+    model, metrics = _fit(tmp_path, 2)
+    checkpoints = {path: path.stat().st_mtime_ns for path in (tmp_path / CHECKPOINT_DIR).iterdir()}
+    again, metrics_again = _fit(tmp_path, 2)
+    assert _same_weights(model, again) and metrics_again["skipped_steps"] == metrics["skipped_steps"] == 0.0
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / CHECKPOINT_DIR).iterdir()} == checkpoints
+    assert metrics_again["bpd/a"] == metrics["bpd/a"] and len(metrics_again[LIKELIHOODS]["fine"]) == 32
 
 
 def test_train_transform_dequantizes_into_the_bins() -> None:

@@ -1,18 +1,22 @@
-"""InvGlow end to end at a tiny size: create_tiny on a generated binary, pretrain, finetune, scores, table, resume."""
+"""InvGlow's ``tables`` as cells at a tiny size: cell ids, one cell with its prerequisites, shards, the table."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from common.datasets import ImageSet
+import main
+from common.cells import CELL_RESULT
 from common.handlers import CHECKPOINT_DIR
-from common.papers import RunOptions
-from invglow import experiments, paper
+from common.results import RESULTS_FILE
+from invglow import config, experiments, paper
 from invglow.config import DEMO, DataConfig, GlowConfig, InvGlowConfig, TrainConfig
+from invglow.engine import FINAL_MODEL
 
 _TRAIN = TrainConfig(epochs=1, batch_size=16, eval_batch_size=64, init_batches=1, translate_pixels=1)
 TINY = InvGlowConfig(
@@ -23,82 +27,154 @@ TINY = InvGlowConfig(
         in_distribution=("shapes", "digits-rgb"),
         ood=("shapes", "digits-rgb", "uniform-noise"),
         no_flip=("digits-rgb",),
-        demo_tiny_images=640,
-        demo_train=48,
-        demo_test=24,
+        demo_tiny_images=320,
+        demo_train=32,
+        demo_test=16,
     ),
     grey=DataConfig(
         in_distribution=("shapes", "digits-rgb"),
         ood=("shapes", "digits-rgb"),
-        demo_tiny_images=640,
-        demo_train=48,
-        demo_test=24,
+        demo_tiny_images=320,
+        demo_train=32,
+        demo_test=16,
     ),
     seeds=(0,),
 )
+PRETRAIN = "invglow/tables/tiny-pretrain/seed-0"
 
 
 @pytest.fixture
 def tiny_config(monkeypatch: pytest.MonkeyPatch) -> InvGlowConfig:
-    monkeypatch.setattr(experiments, "get_config", lambda scale: TINY)
+    monkeypatch.setitem(config.CONFIGS, "demo", TINY)
     return TINY
 
 
-def test_tables_end_to_end_and_resume(tiny_config: InvGlowConfig, tmp_path: Path) -> None:
-    options = RunOptions(scale="demo", device="cpu", progress=False)
-    rows = experiments.run_tables(options, tmp_path)
-
-    # create_tiny ran on the generated binary of the real format
-    assert (tmp_path / "data" / "tiny-images" / "tiny_subset.json").is_file()
-    # one cell per (row, in-distribution set, OOD set) plus the Serra table
-    unsupervised = [row for row in rows if row.table == paper.UNSUPERVISED_TABLE]
-    assert len(unsupervised) == len(paper.UNSUPERVISED_ROWS) * 2 * 2  # 2 in-distribution sets × 2 OOD sets each
-    assert {row.row for row in unsupervised} == set(paper.UNSUPERVISED_ROWS)
-    assert all(row.paper_value is None and 0.0 <= row.ours <= 100.0 for row in unsupervised)
-    supervised = [row for row in rows if row.table == paper.SUPERVISED_TABLE]
-    assert len(supervised) == 2 * 2 and all(row.row == paper.SUPERVISED_RATIO for row in supervised)
-    grey = [row for row in rows if row.table == paper.GREY_TABLE]
-    assert len(grey) == len(paper.GREY_ROWS) * 2  # each grey set against the other
-    serra = {(row.row, row.column): row for row in rows if row.table == paper.SERRA_TABLE}
-    assert serra[(paper.SERRA_S, paper.ORIGINAL_CODE)].paper_value == 78.4
-    assert serra[(paper.SERRA_PNG, paper.SERRA_PAPER)].paper_value == 7.7
-    # every stage logged to tensorboard and checkpointed
-    stages = ["pretrain-tiny", "finetune-shapes", "finetune-shapes-outlier-loss", "finetune-digits-rgb-margin-loss"]
-    stages += ["finetune-digits-rgb-supervised", "pretrain-tiny-grey", "finetune-grey-shapes-outlier-loss"]
-    for stage in stages:
-        folder = tmp_path / stage / "seed0"
-        assert list(folder.glob("events.out.tfevents.*")), stage
-        assert list((folder / CHECKPOINT_DIR).glob("checkpoint_*.pt")), stage
-
-    # resuming a finished run reuses every stage's final model and gives the same table
-    resumed = experiments.run_tables(dataclasses.replace(options, resume=tmp_path), tmp_path)
-    assert [row.ours for row in resumed] == [row.ours for row in rows]
+def _cells(options: main.RunOptions) -> list[tuple[str, list[str]]]:
+    """(id, needs) of every line of ``--list-cells``."""
+    cells = []
+    for line in main.list_paper_cells("invglow", options=options).splitlines():
+        cell_id, _, *needs = line.split("  ")
+        cells.append((cell_id, needs[0].removeprefix("needs ").split(", ") if needs else []))
+    return cells
 
 
-def test_stage_resumed_from_checkpoint_matches_uninterrupted(tiny_config: InvGlowConfig, tmp_path: Path) -> None:
-    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
-    train_set = ImageSet(images, torch.zeros(64, dtype=torch.int64))
-    evaluation = experiments.eval_sets("a", images[:16], {"b": images[16:32]})
+@pytest.mark.parametrize(
+    ("scale", "sets", "n_tables", "n_local"),
+    [("demo", ("shapes", "digits-rgb"), 14, 6), ("paper", ("svhn", "mnist"), 18, 9)],
+)
+def test_cells_are_unique_stable_and_need_listed_cells(
+    scale: str, sets: tuple[str, str], n_tables: int, n_local: int
+) -> None:
+    options = main.RunOptions(scale=scale, seeds=(0, 7))
+    cells = _cells(options)
+    ids = [cell_id for cell_id, _ in cells]
+    assert len(ids) == len(set(ids)) and cells == _cells(options)
+    assert all(need in ids for _, needs in cells for need in needs)
+    assert sum(i.startswith("invglow/tables/") for i in ids) == 2 * n_tables  # 2 seeds
+    assert sum(i.startswith("invglow/local_vs_semantic/") for i in ids) == 2 * n_local
+    needs = dict(cells)
+    rgb, grey = sets
+    assert needs[f"invglow/tables/finetune-{rgb}/supervised/seed-7"] == ["invglow/tables/tiny-pretrain/seed-7"]
+    assert needs[f"invglow/tables/finetune-grey-{grey}/outlier-loss/seed-7"] == [
+        "invglow/tables/tiny-pretrain-grey/seed-7"
+    ]
+    full = f"invglow/local_vs_semantic/full-glow-{rgb}/seed-0"
+    assert needs[full] == [] and needs[f"invglow/local_vs_semantic/dense-glow-{rgb}/seed-0"] == [full]
 
-    def stage(folder: str, epochs: int) -> experiments.Stage:
-        return experiments.Stage(tmp_path / folder, TINY.pretrain, epochs, 3, True, evaluation)
 
-    def fresh() -> experiments.Glow:
-        torch.manual_seed(0)
-        return experiments.build_model(TINY)
+def _finished(run_dir: Path) -> set[str]:
+    return {str(path.parent.relative_to(run_dir)) for path in run_dir.rglob(CELL_RESULT)}
 
-    options = RunOptions(device="cpu", progress=False)
-    whole = fresh()
-    experiments.train_stage(stage("whole", 2), whole, train_set, options, torch.device("cpu"))
-    interrupted = fresh()
-    experiments.train_stage(stage("parts", 1), interrupted, train_set, options, torch.device("cpu"))
-    (tmp_path / "parts" / experiments.FINAL_MODEL).unlink()  # as if killed after the first epoch's checkpoint
-    resumed = fresh()
-    resume_options = dataclasses.replace(options, resume=tmp_path)
-    experiments.train_stage(stage("parts", 2), resumed, train_set, resume_options, torch.device("cpu"))
-    for name, tensor in whole.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
-    assert not torch.equal(whole.state_dict()["priors.0.norm.bias"], interrupted.state_dict()["priors.0.norm.bias"])
+
+def test_one_cell_runs_with_its_prerequisite_only(tiny_config: InvGlowConfig, tmp_path: Path) -> None:
+    finetune = "invglow/tables/finetune-shapes/outlier-loss/seed-0"
+    torch.manual_seed(1)  # whatever ran before must not change a cell
+    options = main.RunOptions(output=tmp_path, run_name="r", cells=(finetune,), progress=False, device="cpu")
+    assert main.run_paper("invglow", ["tables"], options) == []  # the table is not complete
+    run_dir = tmp_path / "invglow" / "tables" / "r"
+    assert _finished(run_dir) == {"tiny-pretrain/seed-0", "finetune-shapes/outlier-loss/seed-0"}
+    for folder in (run_dir / "tiny-pretrain/seed-0", run_dir / "finetune-shapes/outlier-loss/seed-0"):
+        assert list(folder.glob("events.out.tfevents.*")) and list((folder / CHECKPOINT_DIR).glob("*.pt"))
+        assert (folder / FINAL_MODEL).is_file()
+    assert (run_dir / "tiny-pretrain/seed-0/data/tiny-images/tiny_subset.json").is_file()  # create_tiny's output
+    values = json.loads((run_dir / "finetune-shapes/outlier-loss/seed-0" / CELL_RESULT).read_text())["values"]
+    scores = [
+        f"AUROC-{kind}/{ood}" for kind in ("raw", "ratio", "final_scale") for ood in ("digits-rgb", "uniform-noise")
+    ]
+    assert set(scores) <= set(values)
+
+    # the same cell in another process state and run folder gives the same pretrained model
+    torch.manual_seed(2)
+    again = dataclasses.replace(options, run_name="again", cells=(PRETRAIN,))
+    main.run_paper("invglow", ["tables"], again)
+    first, second = (
+        torch.load(tmp_path / "invglow/tables" / name / "tiny-pretrain/seed-0" / FINAL_MODEL) for name in ("r", "again")
+    )
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_shards_give_the_rows_of_an_unsharded_run(tiny_config: InvGlowConfig, tmp_path: Path) -> None:
+    common = {"output": tmp_path, "progress": False, "device": "cpu"}
+    whole = main.run_paper("invglow", ["tables"], main.RunOptions(run_name="whole", **common))
+    main.run_paper(
+        "invglow", ["tables"], main.RunOptions(run_name="r", cells=("invglow/tables/tiny-pretrain*",), **common)
+    )
+    for shard in ("1/2", "2/2"):
+        main.run_paper("invglow", ["tables"], main.RunOptions(run_name="r", shard=shard, **common))
+    run_dir = tmp_path / "invglow" / "tables" / "r"
+    assert "(run folder:" in main.report(run_dir)
+    rows = [
+        json.loads((tmp_path / "invglow/tables" / name / RESULTS_FILE).read_text())["rows"] for name in ("r", "whole")
+    ]
+    assert rows[0] == rows[1] and len(whole) == len(rows[0])
+
+    # every cell of every table once: 2 sets × 2 OOD sets each; grey: each set against the other; Serra
+    cells = {(row.table, row.row, row.column): row for row in whole}
+    assert len(cells) == len(whole) == (5 + 1) * 4 + 4 * 2 + 4
+    assert all(0.0 <= row.ours <= 100.0 and row.seeds == (0,) and row.scale == "demo" for row in whole)
+    serra = cells[(paper.SERRA_TABLE, paper.SERRA_S, paper.ORIGINAL_CODE)]
+    assert serra.paper_value == 78.4 and serra.note.startswith("original repo")
+    assert cells[(paper.SERRA_TABLE, paper.SERRA_PNG, paper.SERRA_PAPER)].paper_value == 7.7
+    ratio = cells[(paper.UNSUPERVISED_TABLE, paper.RATIO, "shapes → digits-rgb")]
+    result = json.loads((run_dir / "finetune-shapes/plain/seed-0" / CELL_RESULT).read_text())["values"]
+    assert ratio.ours == result["AUROC-ratio/digits-rgb"] and ratio.paper_value is None
+
+
+def _results(config_: InvGlowConfig, value: float) -> dict[str, dict[str, float]]:
+    """Every cell's values, all ``value`` (``+ seed``), as the table reads them."""
+    results = {}
+    for cell in [*experiments.tables_cells(config_), *experiments.local_semantic_cells(config_)]:
+        seed = int(cell.id.rsplit("-", 1)[1])
+        names = [f"AUROC-{kind}/{ood}" for kind in ("raw", "ratio", "final_scale") for ood in config_.data.ood]
+        names += [f"AUROC-{kind}/{ood}" for kind in ("raw", "ratio", "final_scale") for ood in config_.grey.ood]
+        results[cell.id] = {name: value + seed for name in [*names, "serra/S", "serra/PNG", "spearman", "bpd"]}
+    return results
+
+
+def test_tables_are_the_mean_and_std_over_seeds_beside_the_paper() -> None:
+    resolved = dataclasses.replace(TINY, scale="demo", seeds=(1, 4))
+    rows = experiments.tables_table(resolved, _results(resolved, 50.0))
+    assert all(row.ours == 52.5 and row.spread == 1.5 and row.n == 2 for row in rows)  # std, ddof 0: |4 − 1| / 2
+    assert {row.spread_kind for row in rows} == {"std (ddof 0) over seeds"}
+    tables = {paper.UNSUPERVISED_TABLE, paper.SUPERVISED_TABLE, paper.GREY_TABLE, paper.SERRA_TABLE}
+    assert {row.table for row in rows} == tables
+    assert all(row.note == experiments.DEMO_STAND_INS for row in rows if row.table != paper.SERRA_TABLE)
+    local = experiments.local_semantic_table(resolved, _results(resolved, 0.5))
+    assert len(local) == 2 * (3 * 2 + 2 + 3)  # per set: 3 models × 2 pairs, ρ of local and dense, bpd of each
+    assert all(row.ours == 3.0 and row.paper_value is None and row.table == paper.LOCAL_SEMANTIC_TABLE for row in local)
+    with pytest.raises(KeyError):
+        paper.published(paper.UNSUPERVISED_TABLE, "no such row", "cifar10 → svhn")
+
+
+def test_configure_applies_seeds_and_epochs_to_every_training() -> None:
+    from common.cells import Settings
+
+    resolved = config.configure(Settings("demo", seeds=(3, 5), epochs=7))
+    assert resolved.scale == "demo" and resolved.seeds == (3, 5)
+    assert resolved.pretrain.epochs == resolved.finetune.epochs == resolved.local_semantic.train.epochs == 7
+    assert config.configure(Settings("paper")) == dataclasses.replace(config.PAPER, scale="paper")
+    assert config.cpu_threads(resolved) == config.DEMO_THREADS and config.cpu_threads(config.PAPER) is None
+    assert config.configure(Settings("demo")).pretrain == DEMO.pretrain
 
 
 @pytest.mark.slow
@@ -106,19 +182,8 @@ def test_demo_scale_runs_within_budget(tmp_path: Path) -> None:
     import time
 
     start = time.perf_counter()
-    rows = experiments.run_tables(RunOptions(scale="demo", device="cpu", progress=False), tmp_path)
+    rows = main.run_paper("invglow", ["tables"], main.RunOptions(output=tmp_path, progress=False, device="cpu"))
     assert time.perf_counter() - start < 180
     ratio = [row for row in rows if row.row == paper.RATIO and row.column == "shapes → digits-rgb"]
     assert ratio and ratio[0].ours > 80.0  # the paper's main point: the ratio to Tiny detects what raw lp misses
-    assert DEMO.data.in_distribution[0] == "shapes"
-
-
-def test_pretraining_does_not_depend_on_the_global_random_state(tiny_config: InvGlowConfig, tmp_path: Path) -> None:
-    options = RunOptions(device="cpu", progress=False)
-    models = []
-    for run, noise in enumerate((1, 2)):
-        torch.manual_seed(noise)  # whatever ran before must not change the run
-        model, _, _ = experiments.pretrain_tiny(TINY, options, tmp_path / str(run), 0, torch.device("cpu"))
-        models.append(model.state_dict())
-    for name, tensor in models[0].items():
-        assert torch.equal(tensor, models[1][name]), name
+    assert DEMO.data.in_distribution[0] == "shapes" and all(math.isfinite(row.ours) for row in rows)

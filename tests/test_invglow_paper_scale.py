@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 import main
+from common.cells import CELL_RESULT
 from common.datasets.lsun_lmdb import LSUN_CATEGORIES
 from common.datasets.tiny_images import BINARY_NAME
-from common.errors import MissingDataError
 from common.handlers import CHECKPOINT_DIR
 from common.results import RESULTS_FILE
 from invglow import config, create_tiny, data, paper
 from invglow.data import CHUNK_SIZE, tiny_images, to_size
-from invglow.experiments import FINAL_MODEL
+from invglow.engine import FINAL_MODEL
 from tests.helpers.tensorboard import summaries
 from tests.helpers.write_cifar import save_cifar10, write_cifar100
 from tests.helpers.write_idx import write_idx_dataset
@@ -91,14 +92,14 @@ def paper_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 def test_paper_tiny_images_are_the_subset_split_by_chunk(paper_files: Path, tmp_path: Path) -> None:
     subset_indices = np.load(tmp_path / "tiny" / "tiny_subset_indices.npy")
-    train, test = tiny_images(SMALL_PAPER, "paper", tmp_path / "unused", SEED)
+    train, test = tiny_images(SMALL_PAPER, tmp_path / "unused", SEED)
     assert train.shape == (4 * CHUNK_SIZE, 3, 32, 32) and test.shape == (CHUNK_SIZE, 3, 32, 32)
     assert train.is_contiguous() and test.is_contiguous()
     indices = [decode_tiny_index(image.permute(1, 2, 0).numpy()) for image in torch.cat([train, test])]
     assert sorted(indices) == sorted(subset_indices.tolist())  # every subset image once, the right way round
     chunks = [{index // CHUNK_SIZE for index in part} for part in (indices[: len(train)], indices[len(train) :])]
     assert not chunks[0] & chunks[1] and len(chunks[1]) == 1  # 80/20 by whole chunks of the binary
-    grey_train, grey_test = tiny_images(config.grey_config(SMALL_PAPER), "paper", tmp_path / "unused", SEED)
+    grey_train, grey_test = tiny_images(config.grey_config(SMALL_PAPER), tmp_path / "unused", SEED)
     luma = (train.double() * torch.tensor([0.2989, 0.5870, 0.1140])[None, :, None, None]).sum(1, keepdim=True)
     assert grey_train.shape == (len(train), 1, 32, 32) and len(grey_test) == len(test)
     assert (grey_train.double() - luma).abs().max() <= 0.5 + 1e-6
@@ -125,15 +126,15 @@ def test_to_size_in_batches_equals_converting_at_once(monkeypatch: pytest.Monkey
     [
         ("tiny/tiny_subset.json", r"tiny_subset\.json.*create_tiny\.py"),
         ("data/svhn/train_32x32.mat", r"train_32x32\.mat"),  # read after two finetuned sets if read lazily
-        ("data/mnist/train-images-idx3-ubyte.gz", r"train-images-idx3-ubyte"),  # grey group: after every RGB stage
+        ("data/mnist/train-images-idx3-ubyte.gz", r"train-images-idx3-ubyte"),  # grey: the RGB pretraining reads it
     ],
 )
 def test_missing_data_is_named_before_any_training(
-    paper_files: Path, tmp_path: Path, missing: str, message: str
+    paper_files: Path, tmp_path: Path, missing: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / missing).unlink()
-    with pytest.raises(MissingDataError, match=message):
-        main.main(["invglow", "tables", *RUN])
+    assert main.main(["invglow", "tables", *RUN]) == 2
+    assert re.search(message, capsys.readouterr().err)
     assert not list((tmp_path / "runs").rglob(FINAL_MODEL))
 
 
@@ -161,31 +162,34 @@ def test_paper_scale_tables_end_to_end_and_resume(paper_files: Path, tmp_path: P
     # Serra is CIFAR-10 (in-distribution, smooth) vs SVHN (noise): every SVHN image has the larger PNG
     assert cells[(paper.SERRA_TABLE, paper.SERRA_PNG, paper.ORIGINAL_CODE)]["ours"] == 100.0
 
-    # each stage: its own folder with tensorboard logs (README "Tensorboard"), checkpoints and the final model
-    variants = ("", "-outlier-loss", "-margin-loss", "-supervised")
-    stages = {"pretrain-tiny": ("tiny", RGB_OOD), "pretrain-tiny-grey": ("tiny", GREY_SETS)}  # stage: (in, OOD)
-    for sets, prefix, stage_variants in ((RGB_SETS, "", variants), (GREY_SETS, "grey-", variants[:2])):
+    # each cell: its own folder with tensorboard logs (README "Tensorboard"), checkpoints and the final model
+    variants = ("plain", "outlier-loss", "margin-loss", "supervised")
+    cells = {f"tiny-pretrain/seed-{SEED}": ("tiny", RGB_OOD), f"tiny-pretrain-grey/seed-{SEED}": ("tiny", GREY_SETS)}
+    for sets, prefix, cell_variants in ((RGB_SETS, "", variants), (GREY_SETS, "grey-", variants[:2])):
         for name in sets:
             others = tuple(ood for ood in (RGB_OOD if sets == RGB_SETS else GREY_SETS) if ood != name)
-            stages |= {f"finetune-{prefix}{name}{variant}": (name, others) for variant in stage_variants}
-    assert sorted(path.parent.name for path in run_dir.glob(f"*/seed{SEED}")) == sorted(stages)
-    for stage, (in_name, ood_names) in stages.items():
-        folder = run_dir / stage / f"seed{SEED}"
-        assert list((folder / CHECKPOINT_DIR).glob("checkpoint_*.pt")) and (folder / FINAL_MODEL).is_file(), stage
+            cells |= {f"finetune-{prefix}{name}/{variant}/seed-{SEED}": (name, others) for variant in cell_variants}
+    finished = {str(path.parent.relative_to(run_dir)) for path in run_dir.rglob(CELL_RESULT)}
+    assert finished == set(cells)
+    for cell, (in_name, ood_names) in cells.items():
+        folder = run_dir / cell
+        assert list((folder / CHECKPOINT_DIR).glob("checkpoint_*.pt")) and (folder / FINAL_MODEL).is_file(), cell
         tags = set(summaries(folder))
         scores = {"raw", "ratio", "final_scale"} - {"ratio" if in_name == "tiny" else ""}
-        scores -= {"final_scale" if stage.endswith("-supervised") else ""}  # one class-marginal lp, no scales
+        scores -= {"final_scale" if "/supervised/" in cell else ""}  # one class-marginal lp, no scales
         logged = {"train/loss", "train/bpd", "train/skipped_steps", "lr/group_0", "eval/non_finite", "samples/T=1.0"}
         logged |= {f"eval/{kind}/{name}" for kind in ("bpd", "score-raw") for name in (in_name, *ood_names)}
         logged |= {f"eval/AUROC-{kind}/{ood}" for kind in scores for ood in ood_names}
-        assert logged <= tags, (stage, logged - tags)
-        assert not {tag for tag in tags if tag.startswith("eval/AUROC-")} - logged, stage  # no other OOD set
-        assert ("train/outlier_loss" in tags) == stage.endswith(variants[1:]), stage
-        assert ("train/wrong_class_loss" in tags) == stage.endswith("-supervised"), stage
+        assert logged <= tags, (cell, logged - tags)
+        assert not {tag for tag in tags if tag.startswith("eval/AUROC-")} - logged, cell  # no other OOD set
+        assert not {tag for tag in tags if tag.startswith("eval/likelihoods")}, cell  # per-image values: no scalars
+        assert ("train/outlier_loss" in tags) == (cell.split("/")[1] in variants[1:]), cell
+        assert ("train/wrong_class_loss" in tags) == ("/supervised/" in cell), cell
 
-    # resuming the finished run (the README's command) reuses every stage: no file of any stage is rewritten
-    written = {path: path.stat().st_mtime_ns for path in run_dir.glob("*/seed*/**/*") if path.is_file()}
+    # resuming the finished run (the README's command) runs no cell: only the table is written again
+    written = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()}
     assert main.main(["invglow", "--resume", str(run_dir), *RUN]) == 0
-    assert {path: path.stat().st_mtime_ns for path in run_dir.glob("*/seed*/**/*") if path.is_file()} == written
+    rewritten = {path for path in run_dir.rglob("*") if path.is_file() and path.stat().st_mtime_ns != written.get(path)}
+    assert rewritten == {run_dir / RESULTS_FILE}
     resumed = json.loads((run_dir / RESULTS_FILE).read_text())["rows"]
     assert resumed == rows

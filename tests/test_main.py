@@ -1,119 +1,177 @@
-"""The command line: list, report, running a registered paper and clear errors."""
+"""The command line: running cells, listing them, shards, report, resume rules and one-line errors."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 import main
-from common import papers
-from common.papers import Experiment, Paper, RunOptions
-from common.results import ResultRow
+from tests.helpers import toy_paper
 
 
 @pytest.fixture()
-def no_papers(monkeypatch):
-    monkeypatch.setattr(papers, "PAPERS", {})
-    monkeypatch.setattr(papers, "PAPER_PACKAGES", ())
+def toy(monkeypatch, tmp_path):
+    """Only the toy paper exists; runs go under tmp_path/runs."""
+    monkeypatch.setattr(main, "PAPER_MODULES", {"toy": main.PaperModule("tests.helpers.toy_paper", "Toy et al.")})
+    monkeypatch.setenv("OOD_REPRO_RUNS", str(tmp_path / "runs"))
+    toy_paper.CALLS.clear()
+    return tmp_path / "runs"
 
 
-@pytest.fixture()
-def toy_paper(no_papers):
-    calls = []
-
-    def table1(options: RunOptions, run_dir):
-        calls.append((options, run_dir))
-        (run_dir / "marker.txt").write_text("written by the experiment")
-        return [ResultRow("toy", "Table 1", "method", "AUROC", 91.0, paper_value=90.0, scale=options.scale)]
-
-    paper_only = Experiment("table9", table1, "needs the real data", scales=("paper",))
-    papers.register_paper(
-        Paper("toy", "Toy et al. 2024", (Experiment("table1", table1, "the toy table"), paper_only))
-    )
-    return calls
+PRETRAIN_SEED_1_EPOCHS_2 = ["--run-name", "r", "--epochs", "2", "--seeds", "1", "--cells", "toy/table1/pretrain/*"]
 
 
-def test_list_and_report_say_when_nothing_is_registered(no_papers, tmp_path, capsys):
-    assert main.main(["list"]) == 0
+def _rows(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "results.json").read_text())["rows"]
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_running_a_paper_writes_cells_results_and_prints_the_table(toy, capsys):
+    assert main.main(["toy", "table1", "--epochs", "2", "--seeds", "0", "1"]) == 0
+    (run_dir,) = (toy / "toy" / "table1").iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["paper"], config["experiment"]) == ("toy", "table1")
+    assert config["settings"] == {"scale": "demo", "seeds": [0, 1], "epochs": 2}
+    assert config["config"] == {"seeds": [0, 1], "epochs": 2}
+    assert (run_dir / "alpha" / "seed-1" / "result.json").is_file()
+    assert [row["ours"] for row in _rows(run_dir)] == [57.0, 67.0]
     out = capsys.readouterr().out
-    assert "no paper registered yet" in out
-    assert "cifar10 [train, test]" in out
-    assert main.main(["report", "--runs", str(tmp_path)]) == 0
-    assert "No paper is registered yet" in capsys.readouterr().out
+    assert "ours ± = std (ddof 1) over seeds" in out
+    assert "| alpha | AUROC | 90.00 | 1.50 | 57.00 | 7.07 | -33.00 | 2 |" in out
+    assert main.main(["report"]) == 0
+    report = capsys.readouterr().out
+    assert "| alpha | AUROC | 90.00 | 1.50 | 57.00 |" in report and f"(run folder: {run_dir})" in report
+
+
+def test_list_cells_shows_ids_states_and_needs_and_creates_nothing(toy, capsys):
+    assert main.main(["toy", "--list-cells"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "toy/table1/pretrain/seed-0  pending"
+    assert "toy/table1/beta/seed-1  pending  needs toy/table1/pretrain/seed-1" in lines
+    assert not toy.exists()
+    assert main.main(["toy", "--run-name", "r", "--cells", "toy/table1/alpha/seed-0"]) == 0
+    capsys.readouterr()
+    assert main.main(["toy", "--run-name", "r", "--list-cells"]) == 0
+    states = dict(line.split("  ")[:2] for line in capsys.readouterr().out.splitlines())
+    assert [cell for cell, state in states.items() if state == "done"] == [
+        "toy/table1/pretrain/seed-0",
+        "toy/table1/alpha/seed-0",
+    ]
+
+
+def test_cells_runs_the_matching_cells_and_their_prerequisites_only(toy, capsys):
+    assert main.main(["toy", "--run-name", "r", "--cells", "toy/table1/beta/*"]) == 0
+    assert toy_paper.CALLS == [
+        "toy/table1/pretrain/seed-0",
+        "toy/table1/pretrain/seed-1",
+        "toy/table1/beta/seed-0",
+        "toy/table1/beta/seed-1",
+    ]
+    out = capsys.readouterr().out
+    assert "toy/table1: 4 of 6 cells finished" in out and "report --runs" in out
+    assert not (toy / "toy/table1/r/results.json").exists()
+    assert main.main(["toy", "--run-name", "r", "--cells", "toy/table1/nothing"]) == 2
+    assert "--cells toy/table1/nothing: matches no cell of toy/table1" in capsys.readouterr().err
+
+
+def test_two_shards_into_one_folder_give_the_table_of_one_unsharded_run(toy, capsys):
+    assert main.main(["toy", "--run-name", "whole"]) == 0
+    for shard in ("1/2", "2/2"):
+        assert main.main(["toy", "--run-name", "sharded", "--shard", shard]) == 0
+    sharded = toy / "toy/table1/sharded"
+    (sharded / "results.json").unlink()  # assembled by the second shard; report must assemble it again
+    assert main.main(["report", "--runs", str(sharded)]) == 0
+    assert _rows(sharded) == _rows(toy / "toy/table1/whole")
+    assert main.main(["toy", "--shard", "1/2"]) == 2
+    assert "--shard needs --run-name" in capsys.readouterr().err
+
+
+def test_report_takes_the_newest_run_and_says_which_runs_are_unfinished(toy, capsys):
+    assert main.main(["toy", "--run-name", "a"]) == 0
+    assert main.main(["toy", "--run-name", "b", "--cells", "toy/table1/alpha/seed-0"]) == 0
+    capsys.readouterr()
+    assert main.main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert "toy/table1 (" in out and "4 of 6 cells not finished" in out and "--resume" in out
+    assert main.main(["report", "--runs", str(toy / "toy/table1/a")]) == 0
+    assert "| alpha | AUROC |" in capsys.readouterr().out
+
+
+def test_resume_restores_the_recorded_options(toy, capsys):
+    assert main.main(["toy", *PRETRAIN_SEED_1_EPOCHS_2]) == 0
+    run_dir = toy / "toy/table1/r"
+    assert main.main(["toy", "--resume", str(run_dir / "pretrain" / "seed-1")]) == 0  # a folder inside the run
+    assert [row["ours"] for row in _rows(run_dir)] == [62.0, 72.0]  # seed 1, 2 epochs: 0.5 + 0.01·12 (+ 0.1)
+    assert json.loads((run_dir / "config.json").read_text())["settings"]["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "3"], "--epochs 3 conflicts with the run's recorded epochs 2"),
+        (["--seeds", "0", "1"], "--seeds 0 1 conflicts with the run's recorded seeds 1"),
+        (["--scale", "paper"], "--scale paper conflicts with the run's recorded scale demo"),
+        (["table9"], "is a run of toy/table1, not toy/table9; nothing in it was touched"),
+    ],
+)
+def test_resume_refuses_conflicting_options_and_touches_nothing(toy, capsys, args, message):
+    assert main.main(["toy", *PRETRAIN_SEED_1_EPOCHS_2]) == 0
+    run_dir = toy / "toy/table1/r"
+    before = _files(run_dir)
+    capsys.readouterr()
+    assert main.main(["toy", *args, "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert _files(run_dir) == before
+
+
+def test_resume_refuses_a_foreign_or_missing_folder(toy, tmp_path, capsys):
+    foreign = tmp_path / "runs/mchad/main_table/x"
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text(json.dumps({"paper": "mchad", "experiment": "main_table", "settings": {}}))
+    (foreign / "results.json").write_text('{"rows": [1, 2, 3]}')
+    before = _files(foreign)
+    assert main.main(["toy", "--resume", str(foreign)]) == 2
+    assert "is a run of mchad/main_table, not toy; nothing in it was touched" in capsys.readouterr().err
+    assert _files(foreign) == before
+    assert main.main(["toy", "--resume", str(tmp_path / "missing")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main.main(["toy", "--resume", str(tmp_path / "runs")]) == 2  # the runs root is not a run
+    assert "not inside a run folder" in capsys.readouterr().err
+
+
+def test_default_command_runs_every_paper_at_the_demo_scale(toy):
     assert main.main([]) == 0
-    assert "nothing to run" in capsys.readouterr().out
+    assert list(toy.glob("toy/table1/*/results.json"))
+    assert not (toy / "toy" / "table9").exists(), "the paper-only experiment is left out at the demo scale"
 
 
-def test_running_a_paper_writes_results_and_prints_the_table(toy_paper, tmp_path, capsys):
-    assert main.main(["toy", "table1", "--output", str(tmp_path), "--epochs", "2", "--seeds", "0", "1"]) == 0
-    (options, run_dir), = toy_paper
-    assert options.epochs == 2 and options.seeds == (0, 1) and options.scale == "demo"
-    assert run_dir.parent == tmp_path / "toy" / "table1"
-    assert (run_dir / "marker.txt").exists()
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["rows"][0]["ours"] == 91.0
-    assert "| method | AUROC | 90.00 | 91.00 | – | 1.00 |" in capsys.readouterr().out
-    assert main.main(["report", "--runs", str(tmp_path)]) == 0
-    assert "| method | AUROC | 90.00 | 91.00 |" in capsys.readouterr().out
-
-
-def test_default_command_runs_every_paper_at_the_demo_scale(toy_paper, tmp_path, monkeypatch):
-    monkeypatch.setenv("OOD_REPRO_RUNS", str(tmp_path))
-    assert main.main([]) == 0
-    assert len(toy_paper) == 1, "the paper-only experiment is left out at the demo scale"
-    assert list(tmp_path.glob("toy/table1/*/results.json"))
-    with pytest.raises(ValueError, match="toy/table9 has no 'demo' scale"):
-        main.main(["toy", "table9"])
-
-
-def test_unknown_names_give_clear_errors(toy_paper, capsys):
-    with pytest.raises(KeyError, match="no experiment 'table7'; experiments: table1, table9"):
-        main.run_paper("toy", ["table7"])
-    with pytest.raises(KeyError, match="unknown paper 'nope'; registered papers: toy"):
-        main.run_paper("nope")
+def test_unknown_names_and_scales_give_one_line(toy, capsys):
+    assert main.main(["toy", "table7"]) == 2
+    assert "paper 'toy' has no experiment 'table7'; experiments: table1, table9" in capsys.readouterr().err
+    assert main.main(["toy", "table9"]) == 2
+    assert "toy/table9 has no 'demo' scale; scales: paper" in capsys.readouterr().err
+    assert main.main(["toy", "--epochs", "0"]) == 2
+    assert "epochs must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main.main(["toy", "--scale", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="epochs must be a positive integer"):
-        RunOptions(epochs=0)
 
 
-def test_download_reports_manual_datasets_and_unknown_names(no_papers, tmp_path, capsys):
+def test_python_api_takes_run_options_as_keywords(toy):
+    rows = main.run_paper("toy", ["table1"], main.RunOptions(seeds=[0], output=str(toy), progress=False))
+    assert [row.row for row in rows] == ["alpha", "beta"] and rows[0].seeds == (0,)
+
+
+def test_download_reports_manual_datasets_and_unknown_names(tmp_path, capsys):
     assert main.main(["download", "mvtec", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "mvtec" in err and str(tmp_path / "mvtec") in err
     assert main.main(["download", "imagenet-42"]) == 2
     assert "unknown dataset(s) imagenet-42" in capsys.readouterr().err
     assert main.main(["download", "digits", "--root", str(tmp_path)]) == 0
-
-
-def test_resume_continues_in_the_named_run_folder(toy_paper, tmp_path):
-    run = tmp_path / "toy" / "table1" / "old-run"  # the experiment is read from the folder
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "checkpoint_10.pt").write_bytes(b"")
-    for resume in (run, run / "checkpoints" / "checkpoint_10.pt"):
-        assert main.main(["toy", "--resume", str(resume)]) == 0
-        assert toy_paper[-1][1] == run
-    assert (run / "results.json").exists()
-    with pytest.raises(FileNotFoundError, match="no such run folder"):
-        main.main(["toy", "--resume", str(tmp_path / "missing")])
-    (tmp_path / "elsewhere" / "run").mkdir(parents=True)
-    with pytest.raises(KeyError, match="no experiment 'elsewhere'"):
-        main.main(["toy", "--resume", str(tmp_path / "elsewhere" / "run")])
-
-
-def test_resume_takes_the_run_scale_and_refuses_another(toy_paper, tmp_path):
-    run = tmp_path / "toy" / "table9" / "paper-run"
-    checkpoint = run / "stage" / "seed0" / "checkpoints" / "checkpoint_3.pt"  # a training stage's checkpoint
-    checkpoint.parent.mkdir(parents=True)
-    checkpoint.write_bytes(b"")
-    (run / "config.json").write_text(json.dumps({"config": {"options": {"scale": "paper"}}}))
-    for resume in (run, checkpoint, checkpoint.parent.parent):  # the run, a stage's checkpoint, a stage's folder
-        assert main.main(["toy", "--resume", str(resume)]) == 0  # no --scale: the run's own
-        options, run_dir = toy_paper[-1]
-        assert (options.scale, run_dir) == ("paper", run)
-    with pytest.raises(ValueError, match=r"started at the 'paper' scale, not 'demo'.*--scale paper"):
-        main.main(["toy", "--resume", str(run), "--scale", "demo"])
-    with pytest.raises(ValueError, match="'paper' scale, not 'demo'"):
-        main.run_paper("toy", (), RunOptions(resume=run))  # the Python API's default scale is demo

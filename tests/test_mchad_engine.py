@@ -1,12 +1,10 @@
-"""MCHAD engines, metrics, pretrained weights, data checks, the experiment end to end and its exact resume."""
+"""MCHAD engines, metrics, pretrained weights, data checks, and ``fit``: its exact resume and its tensorboard."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
@@ -16,19 +14,19 @@ from common.errors import DataError, MissingDataError
 from common.handlers import count_skipped_steps, latest_checkpoint
 from common.loaders import TensorBatchLoader
 from common.metrics import ood_metrics
-from common.papers import RunOptions
 from common.run import torch_threads
-from mchad import experiments
-from mchad.config import DEMO_DATASETS, DEMO_METHODS, DEMO_TRAIN, SETTINGS, Setting
+from mchad import engine
+from mchad.config import DEMO_DATASETS, DEMO_METHODS, DEMO_TRAIN
 from mchad.data import ChainedBatches, LimitedLoader, check_ood_labels, fit_images
-from mchad.engine import IDAccuracy, PerSetOODMetrics, build_model, build_objective, create_trainer
+from mchad.engine import IDAccuracy, PerSetOODMetrics, build_model, build_objective, create_trainer, fit
 from mchad.models import WideResNet
 from mchad.pretrained import PRETRAINED_FILE, PRETRAINED_URL, load_pretrained
+from tests.helpers.tensorboard import summaries
 
 DIGITS = DEMO_DATASETS[0]
 METHODS = {method.name: method for method in DEMO_METHODS[DIGITS.name]}
 TINY_TRAIN = dataclasses.replace(DEMO_TRAIN, noise_count=40, outlier_count=200, eval_batch_size=256)
-TINY_DIGITS = dataclasses.replace(DIGITS, epochs=1, max_batches=5)
+CPU = torch.device("cpu")
 
 
 # Pretrained weights
@@ -145,68 +143,63 @@ def test_trainer_step_reports_every_term_and_ii_resets_its_centers() -> None:
     assert model.centers.batches_seen.item() == 2
 
 
-# Experiment end to end
+# fit
 
 
-@pytest.fixture
-def tiny_setting(monkeypatch: pytest.MonkeyPatch) -> Setting:
-    setting = Setting(
-        TINY_TRAIN, (TINY_DIGITS,), {TINY_DIGITS.name: DEMO_METHODS[DIGITS.name]}, SETTINGS["demo"].paper_analogue
-    )
-    monkeypatch.setitem(experiments.SETTINGS, "demo", setting)
-    return setting
+def crashing_trainer(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
+    """Make ``fit``'s trainer raise when it starts ``iteration``."""
+    original = engine.create_trainer
 
-
-def test_demo_table_runs_every_method_end_to_end(tmp_path: Path, tiny_setting: Setting) -> None:
-    rows = experiments.run_main_table(RunOptions(seeds=(0,), progress=False), tmp_path)
-    main = [row for row in rows if row.table.startswith("Table")]
-    names = {row.row for row in main}
-    assert names == {f"{DIGITS.name} {name}" for name in METHODS if name != "Softmax"} | {
-        f"{DIGITS.name} Softmax (msp)",
-        f"{DIGITS.name} Softmax (energy)",
-    }
-    assert all(row.ours is not None and np.isfinite(row.ours) for row in rows)
-    mchad_auroc = next(row for row in main if row.row.endswith(" MCHAD") and row.column == "AUROC")
-    assert mchad_auroc.paper_value == 99.22  # the SVHN row stands beside the digits demo
-    per_set = [row for row in rows if not row.table.startswith("Table")]
-    assert {row.column for row in per_set} == {name for name, _ in DIGITS.ood_sets}
-    folder = tmp_path / "digits-0-5" / "g-mchad" / "seed-0"
-    assert (folder / "result.json").is_file() and list(folder.glob("events.out.tfevents.*"))
-
-
-def test_resumed_training_ends_with_the_results_of_an_uninterrupted_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    method = METHODS["G-MCHAD"]  # paired ID + outlier batches
-    train = dataclasses.replace(TINY_TRAIN, checkpoint_every_iterations=3)
-    dataset = dataclasses.replace(DIGITS, epochs=2, max_batches=8)  # also exercises LimitedLoader's resume
-    options = RunOptions(seeds=(0,), progress=False, resume=tmp_path / "resumed")
-    reference = experiments.train_and_evaluate(method, dataset, train, 0, tmp_path / "uninterrupted", options)
-
-    original = experiments.create_trainer
-
-    def crashing_trainer(*args: object, **kwargs: object) -> Engine:
+    def create(*args: object, **kwargs: object) -> Engine:
         trainer = original(*args, **kwargs)
 
-        @trainer.on(Events.ITERATION_STARTED(once=14))  # 8 batches per epoch: the checkpoint of 12 is mid-epoch
+        @trainer.on(Events.ITERATION_STARTED(once=iteration))
         def crash(_: Engine) -> None:
             raise RuntimeError("simulated crash")
 
         return trainer
 
-    monkeypatch.setattr(experiments, "create_trainer", crashing_trainer)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        experiments.train_and_evaluate(method, dataset, train, 0, tmp_path / "resumed", options)
-    monkeypatch.setattr(experiments, "create_trainer", original)
-    assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint_12.pt"
-    assert not (tmp_path / "resumed" / "result.json").exists()
-    resumed = experiments.train_and_evaluate(method, dataset, train, 0, tmp_path / "resumed", options)
-    assert resumed == reference
-    assert json.loads((tmp_path / "resumed" / "result.json").read_text()) == reference
-    # A run that finished training but not its result file is evaluated again, not retrained.
-    (tmp_path / "uninterrupted" / "result.json").unlink()
-    again = experiments.train_and_evaluate(method, dataset, train, 0, tmp_path / "uninterrupted", options)
+    monkeypatch.setattr(engine, "create_trainer", create)
+
+
+def test_resumed_fit_ends_with_the_results_of_an_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    method = METHODS["G-MCHAD"]  # paired ID + outlier batches
+    train = dataclasses.replace(TINY_TRAIN, checkpoint_every_iterations=3)
+    dataset = dataclasses.replace(DIGITS, epochs=2, max_batches=8)  # also exercises LimitedLoader's resume
+    with torch_threads(1):
+        reference = fit(method, dataset, train, 0, tmp_path / "uninterrupted", device=CPU, progress=False)
+        with monkeypatch.context() as patch:
+            crashing_trainer(patch, 14)  # 8 batches per epoch: the checkpoint of 12 is mid-epoch
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                fit(method, dataset, train, 0, tmp_path / "resumed", device=CPU, progress=False)
+        assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint_12.pt"
+        resumed = fit(method, dataset, train, 0, tmp_path / "resumed", device=CPU, progress=False)
+        assert resumed == reference
+        assert set(reference) == {"accuracy", "distance"}  # the collected tensors are not among the results
+        # A finished training is tested again, not retrained: a step would crash.
+        crashing_trainer(monkeypatch, 1)
+        again = fit(method, dataset, train, 0, tmp_path / "uninterrupted", device=CPU, progress=False)
     assert again == reference
+
+
+def test_fit_logs_scalars_and_the_collected_test_outputs_to_tensorboard(tmp_path: Path) -> None:
+    dataset = dataclasses.replace(DIGITS, epochs=2, max_batches=3)
+    train = dataclasses.replace(TINY_TRAIN, eval_every=1)
+    with torch_threads(1):
+        fit(METHODS["MCHAD"], dataset, train, 0, tmp_path, device=CPU, progress=False)
+    logged = summaries(tmp_path)
+    assert set(logged["test/accuracy"]) == {1, 2}  # every evaluation
+    assert set(logged["test/distance/Uniform/AUROC"]) == {1, 2}
+    assert not [tag for tag in logged if "outputs" in tag or "embedding" in tag]  # no per-image scalars
+    for name in ("ID test", *(name for name, _ in DIGITS.ood_sets)):  # extras of the final evaluation only
+        assert set(logged[f"scores/distance/{name.replace(' ', '_')}"]) == {2}
+        assert name == "ID test" or set(logged[f"pr/distance/{name}"]) == {2}
+    metadata = next((tmp_path / "00002").rglob("metadata.tsv")).read_text().splitlines()
+    assert "Uniform" in metadata and [tag for tag in metadata if tag.startswith("center")] == [
+        f"center {j}" for j in range(6)
+    ]
 
 
 def test_cosine_schedule_equals_the_originals_per_batch_warm_restarts() -> None:
@@ -224,28 +217,3 @@ def test_cosine_schedule_equals_the_originals_per_batch_warm_restarts() -> None:
         expected.append(torch_optimizer.param_groups[0]["lr"])
         reference.step()
     assert ours == pytest.approx(expected, rel=1e-12, abs=1e-15)
-
-
-def test_paper_scale_without_data_names_the_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OOD_REPRO_DATA", str(tmp_path / "data"))
-    with pytest.raises(MissingDataError, match="svhn"):
-        experiments.run_main_table(RunOptions(scale="paper", seeds=(1,), progress=False), tmp_path)
-
-
-@pytest.mark.slow
-def test_full_demo_scale_table(tmp_path: Path) -> None:
-    rows = experiments.run_main_table(RunOptions(progress=False), tmp_path)
-    accuracy = {row.row: row.ours for row in rows if row.column == "Accuracy"}
-    assert accuracy[f"{DIGITS.name} MCHAD"] > 85 and accuracy[f"{DIGITS.name} CAC"] > 85
-
-
-def test_paper_aupr_names_follow_the_old_pytorch_ood_convention() -> None:
-    # The paper's "AUPR-IN" has the OOD samples as positives (mchad.md §3.2): for uninformative scores it sits at
-    # the OOD prevalence (as II's 27.95 on SVHN), and "AUPR-OUT" at the ID prevalence.
-    generator = torch.Generator().manual_seed(0)
-    is_ood = torch.arange(1100) >= 1000
-    metrics = {"accuracy": 0.5, "distance": {"set": ood_metrics(torch.rand(1100, generator=generator), is_ood)}}
-    cells = experiments.final_result(metrics, METHODS["MCHAD"])["scores"]["distance"]["set"]
-    assert cells["AUPR-IN"] == pytest.approx(100 * 100 / 1100, abs=4)
-    assert cells["AUPR-OUT"] == pytest.approx(100 * 1000 / 1100, abs=4)
-    assert experiments.final_result(metrics, METHODS["MCHAD"])["accuracy"] == 50.0

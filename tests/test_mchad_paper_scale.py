@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.papers import RunOptions
-from mchad import experiments
-from mchad.config import PAPER_DATASETS, PAPER_METHODS, PAPER_TRAIN, Setting
+import main
+from mchad import experiments, paper
+from mchad.config import CONFIGS, PAPER_DATASETS, PAPER_METHODS, PAPER_TRAIN, MainTableConfig
 from mchad.data import build_run_data
 from mchad.models import WideResNet
 from mchad.pretrained import PRETRAINED_FILE
@@ -29,7 +29,6 @@ TRAIN = dataclasses.replace(
     depth=10,
     widen_factor=1,
     noise_count=10,
-    seeds=(1,),
     checkpoint_every_iterations=None,
     cpu_threads=1,
 )
@@ -74,12 +73,19 @@ def test_paper_data_has_every_test_case_in_the_label_convention(paper_files: Pat
 def test_paper_scale_table_runs_on_stand_in_files(
     paper_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    setting = Setting(TRAIN, (SVHN,), {"SVHN": PAPER_METHODS["SVHN"]}, {"SVHN": "SVHN"})
-    monkeypatch.setitem(experiments.SETTINGS, "paper", setting)
-    rows = experiments.run_main_table(RunOptions(scale="paper", progress=False), tmp_path)
-    auroc = {row.row: row for row in rows if row.column == "AUROC" and row.table.startswith("Table")}
+    config = MainTableConfig(TRAIN, (SVHN,), {"SVHN": PAPER_METHODS["SVHN"]}, {"SVHN": "SVHN"}, seeds=(1,))
+    monkeypatch.setitem(CONFIGS, "paper", config)
+    monkeypatch.setattr(experiments, "_images", {})
+    options = main.RunOptions(scale="paper", output=tmp_path / "runs", progress=False, device="cpu")
+    assert (
+        main.list_paper_cells("mchad", options=options).splitlines()[0].split()[0]
+        == "mchad/main_table/svhn/mchad/seed-1"
+    )
+    rows = main.run_paper("mchad", ["main_table"], options)
+    auroc = {row.row: row for row in rows if row.column == "AUROC" and row.table == paper.TABLE_NAME}
     assert set(auroc) == {f"SVHN {method.name}" for method in PAPER_METHODS["SVHN"]}
-    assert auroc["SVHN G-MCHAD"].paper_value == 99.38 and auroc["SVHN G-MCHAD"].note == ""
-    assert auroc["SVHN G-MCHAD"].seeds == (1,)
-    per_set = [row for row in rows if row.row == "SVHN MCHAD" and not row.table.startswith("Table")]
+    assert (auroc["SVHN G-MCHAD"].paper_value, auroc["SVHN G-MCHAD"].paper_spread) == (99.38, 0.05)
+    assert auroc["SVHN G-MCHAD"].note == "" and auroc["SVHN G-MCHAD"].seeds == (1,)
+    assert auroc["SVHN G-MCHAD"].n == 7  # 1 seed × 7 OOD sets
+    per_set = [row for row in rows if row.row == "SVHN MCHAD" and row.table == paper.PER_SET_TABLE_NAME]
     assert [row.paper_value for row in per_set] == [99, None, None, 99, 99, 99, 99]

@@ -13,8 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from common.datasets import ImageSet
 from common.loaders import TensorBatchLoader
+from common.results import NOT_PUBLISHED, Published
 from memae import paper
-from memae.config import SCALES
+from memae.config import CONFIGS
 from memae.data import ANOMALY_FRACTION, one_class_test_set, training_set
 from memae.engine import SelectionAccuracy, create_evaluator, create_trainer, memory_indices
 from memae.few_shot import (
@@ -194,7 +195,7 @@ def test_memory_resets_and_freeze(pretrained):
 
 
 def test_conditional_settings_are_checked():
-    setting = SCALES["demo"].conditional[0]
+    setting = CONFIGS["demo"].conditional[0]
     with pytest.raises(ValueError, match="few-shot sources must be trained here"):
         replace(setting, groups=((2, 3),))
     with pytest.raises(ValueError, match="must differ from the pretrained classes"):
@@ -204,9 +205,10 @@ def test_conditional_settings_are_checked():
 
 
 def test_non_sparse_variant_and_published_numbers():
-    memory = SCALES["paper"].image_table[0].memory
+    memory = CONFIGS["paper"].image_table[0].memory
     assert (memory.num_slots, memory.shrink_threshold, memory.entropy_weight) == (100, 0.01, 2e-4)
     plain = memory.without_sparsity()
     assert (plain.shrink_threshold, plain.entropy_weight, plain.num_slots) == (0.0, 0.0, 100)
-    assert paper.image_auroc("MemAE", "CIFAR-10") == 0.6088
-    assert paper.image_auroc("OC-SVM", "MNIST") is None  # unverified rows are absent, never guessed
+    assert paper.published(paper.IMAGE_TABLE, "MemAE", "CIFAR-10") == Published(pytest.approx(60.88), None)
+    assert paper.published(paper.IMAGE_TABLE, "OC-SVM", "MNIST") == NOT_PUBLISHED  # unverified: absent, not guessed
+    assert paper.published("Image table: AUROC (%) per class", "MemAE", "MNIST 3") == NOT_PUBLISHED

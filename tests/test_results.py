@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 
-from common.results import ResultRow, RunRecord, latest_results, read_results, render_markdown, write_results
+from common.results import (
+    Published,
+    ResultRow,
+    RunRecord,
+    Spread,
+    read_results,
+    render_markdown,
+    summary_row,
+    write_results,
+)
 
 
 def _row(**overrides: object) -> ResultRow:
@@ -35,22 +43,39 @@ def test_difference_is_ours_minus_paper():
     assert _row(paper_value=None).difference is None
 
 
-def test_latest_results_takes_newest_run_per_experiment(tmp_path):
-    old = write_results(tmp_path / "memae/table2/run-a", RunRecord("memae", "table2", [_row(ours=1.0)]))
-    new = write_results(tmp_path / "memae/table2/run-b", RunRecord("memae", "table2", [_row(ours=2.0)]))
-    write_results(tmp_path / "mchad/main/run-a", RunRecord("mchad", "main", [_row(paper="mchad", ours=3.0)]))
-    os.utime(old, (1, 1))
-    os.utime(new, (2, 2))
-    records = latest_results(tmp_path)
-    assert [(r.paper, r.rows[0].ours) for r in records] == [("mchad", 3.0), ("memae", 2.0)]
-    assert [r.paper for r in latest_results(tmp_path, "memae")] == ["memae"]
-
-
-def test_markdown_has_one_table_per_paper_table_with_difference():
-    text = render_markdown([_row(paper_value=97.51), _row(table="Table 3", ours=None, paper_value=50.0)])
+def test_markdown_has_one_table_per_paper_table_with_both_spreads_and_the_difference():
+    rows = [
+        _row(paper_value=97.51, paper_spread=0.2, spread=0.5, spread_kind="std (ddof 1) over seeds", n=3),
+        _row(table="Table 3", ours=None, paper_value=50.0),
+    ]
+    text = render_markdown(rows)
     assert text.count("### memae:") == 2
-    assert "| MemAE | MNIST | 97.51 | 97.00 | – | -0.51 |" in text
-    assert "| MemAE | MNIST | 50.00 | – | – | – |" in text
+    assert "ours ± = std (ddof 1) over seeds" in text and "ours ± = none" in text
+    assert "| row | column | paper | paper ± | ours | ours ± | ours − paper | n |" in text
+    assert "| MemAE | MNIST | 97.51 | 0.20 | 97.00 | 0.50 | -0.51 | 3 |" in text
+    assert "| MemAE | MNIST | 50.00 | – | – | – | – | 1 |" in text
+
+
+@pytest.mark.parametrize(("statistic", "ddof"), [("SEM", 1), ("std", 1), ("std", 0), ("SEM", 0)])
+def test_spread_equals_numpy_and_scipy_and_is_none_for_one_value(statistic, ddof):
+    import numpy as np
+    from scipy.stats import sem
+
+    values = [0.9, 0.8, 0.95, 0.7, 0.81]
+    mean, spread = Spread(statistic=statistic, ddof=ddof, over="seeds").of(values)
+    expected = sem(values, ddof=ddof) if statistic == "SEM" else np.std(values, ddof=ddof)
+    assert mean == pytest.approx(np.mean(values), abs=1e-15) and spread == pytest.approx(expected, abs=1e-15)
+    assert Spread(statistic=statistic, ddof=ddof, over="seeds").of([0.5]) == (0.5, None)
+    with pytest.raises(ValueError, match="statistic"):
+        Spread(statistic="MAD", ddof=1, over="seeds")
+
+
+def test_summary_row_carries_the_spread_its_kind_and_the_published_value():
+    spread = Spread(statistic="SEM", ddof=1, over="seeds × OOD sets")
+    row = summary_row([1.0, 3.0], spread, Published(2.5, 0.1), paper="p", table="t", row="r", column="c")
+    assert (row.ours, row.spread, row.n) == (2.0, 1.0, 2)
+    assert row.spread_kind == "SEM (ddof 1) over seeds × OOD sets"
+    assert (row.paper_value, row.paper_spread, row.difference) == (2.5, 0.1, -0.5)
 
 
 def test_reading_a_foreign_file_names_it(tmp_path):
@@ -73,16 +98,3 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
         files.write_json_atomically(target, {"step": 2})
     assert json.loads(target.read_text()) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
-
-
-def test_mean_and_sem_equals_scipy_and_handles_one_value():
-    from scipy.stats import sem
-
-    from common.results import mean_and_sem
-
-    values = [0.9, 0.8, 0.95, 0.7]
-    mean, spread = mean_and_sem(values)
-    assert mean == pytest.approx(sum(values) / 4) and spread == pytest.approx(sem(values, ddof=1))
-    assert mean_and_sem([0.5]) == (0.5, None)
-    with pytest.raises(ValueError, match="nothing to average"):
-        mean_and_sem([])

@@ -1,0 +1,414 @@
+"""Running cells: run folders and their ``config.json``, selection (``--cells``, ``--shard``), locks, tables.
+
+A run folder is ``<runs root>/<paper>/<experiment>/<run>/``. Its ``config.json`` is written once, when the folder is
+first used, with the paper, the experiment, the :class:`~common.cells.Settings` and the resolved configuration; any
+later use of the folder (``--resume``, another shard, a second machine on a shared file system) must ask for the
+same paper, experiment and settings. Each cell lives in ``<run>/<id after paper/experiment>/`` and is finished when
+its ``result.json`` exists; while it runs, it holds an exclusive ``flock`` on ``.lock`` in that folder, which the
+kernel releases when the process ends however it ends, so a killed run never blocks the next one.
+
+Several processes may work on one run folder at once (shards, two resumes): a cell that another process is running
+is skipped, unless a later cell of this process needs it, in which case this process waits for it (and runs it
+itself if the other process dies first). ``results.json`` is (re)written by whichever process finds every cell
+finished, and by ``report``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import fnmatch
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from common.cells import (
+    CELL_RESULT,
+    Cell,
+    Experiment,
+    Paper,
+    RunContext,
+    Settings,
+    cell_folder,
+    checked_cells,
+    is_finished,
+    read_cell_result,
+)
+from common.errors import UsageError
+from common.files import write_json_atomically
+from common.results import ResultRow, RunRecord, write_results
+from common.run import CONFIG_FILE, plain, run_metadata, torch_threads
+
+LOCK_FILE = ".lock"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An experiment at resolved settings: its configuration and its cells in dependency order."""
+
+    paper: Paper
+    experiment: Experiment
+    settings: Settings
+    config: Any
+    cells: tuple[Cell, ...]
+
+    @property
+    def by_id(self) -> dict[str, Cell]:
+        """The cells by id."""
+        return {cell.id: cell for cell in self.cells}
+
+
+def plan(paper: Paper, experiment: Experiment, settings: Settings) -> Plan:
+    """Resolve ``experiment`` of ``paper`` at ``settings``; the cells are checked (unique ids, known needs)."""
+    if settings.scale not in experiment.scales:
+        raise UsageError(
+            f"{paper.name}/{experiment.name} has no {settings.scale!r} scale; scales: {', '.join(experiment.scales)}"
+        )
+    config = experiment.configure(settings)
+    cells = checked_cells(paper.name, experiment.name, experiment.cells(config))
+    return Plan(paper, experiment, settings, config, tuple(cells))
+
+
+# ----------------------------------------------------------------------------------------------- run folders
+@dataclass(frozen=True)
+class RecordedRun:
+    """What a run folder's ``config.json`` says it is."""
+
+    folder: Path
+    paper: str
+    experiment: str
+    settings: Settings
+
+
+def read_recorded_run(folder: Path) -> RecordedRun:
+    """The paper, experiment and settings recorded in ``folder/config.json``.
+
+    Raises:
+        UsageError: the folder has no ``config.json`` of a cell run.
+    """
+    path = Path(folder) / CONFIG_FILE
+    try:
+        record = json.loads(path.read_text())
+        settings = Settings.from_record(record["settings"])
+        return RecordedRun(Path(folder), record["paper"], record["experiment"], settings)
+    except FileNotFoundError:
+        raise UsageError(f"{folder}: not a run folder (it has no {CONFIG_FILE})") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{path}: not the config.json of a run of this suite ({error})") from None
+
+
+def find_run_folder(path: Path) -> Path:
+    """The run folder that ``path`` is or lies in (a cell folder or a checkpoint inside a run are accepted).
+
+    Raises:
+        UsageError: ``path`` does not exist or is not inside a run folder.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UsageError(f"--resume {path}: no such run folder")
+    start = path if path.is_dir() else path.parent
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise UsageError(f"--resume {path}: not inside a run folder (no {CONFIG_FILE} in it or above it)")
+
+
+def merge_settings(recorded: RecordedRun, given: Mapping[str, Any]) -> Settings:
+    """The recorded settings, checked against the options given on the command line (None = not given).
+
+    Raises:
+        UsageError: a given option differs from the recorded one; the message names both values.
+    """
+    for name, value in given.items():
+        if value is None:
+            continue
+        kept = getattr(recorded.settings, name)
+        value = tuple(value) if isinstance(value, list) else value
+        if value != kept:
+            raise UsageError(
+                f"--{name} {_show(value)} conflicts with the run's recorded {name} {_show(kept)} in {recorded.folder};"
+                f" leave it out to continue the run as it was started"
+            )
+    return recorded.settings
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return "(the experiment's default)" if value is None else str(value)
+
+
+def check_same_run(recorded: RecordedRun, run_plan: Plan) -> None:
+    """Refuse a run folder of another paper, experiment or settings than ``run_plan``'s."""
+    wanted = f"{run_plan.paper.name}/{run_plan.experiment.name}"
+    if f"{recorded.paper}/{recorded.experiment}" != wanted:
+        raise UsageError(
+            f"{recorded.folder} is a run of {recorded.paper}/{recorded.experiment}, not {wanted}; nothing in it was "
+            "touched"
+        )
+    if recorded.settings != run_plan.settings:
+        raise UsageError(
+            f"{recorded.folder} was started with {recorded.settings.as_record()}, not "
+            f"{run_plan.settings.as_record()}; nothing in it was touched"
+        )
+
+
+def open_run_folder(run_plan: Plan, folder: Path) -> Path:
+    """Make ``folder`` the run folder of ``run_plan``: record its ``config.json`` if new, else check it matches.
+
+    The record is created exclusively, so two processes starting the same new run folder agree on one record.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "paper": run_plan.paper.name,
+        "experiment": run_plan.experiment.name,
+        "settings": run_plan.settings.as_record(),
+        "config": plain(run_plan.config),
+        **run_metadata(),
+    }
+    if not _create_exclusively(folder / CONFIG_FILE, record):
+        check_same_run(read_recorded_run(folder), run_plan)
+    return folder
+
+
+def _create_exclusively(path: Path, content: Any) -> bool:
+    """Write JSON ``content`` to ``path`` whole, unless ``path`` exists; return whether it was written."""
+    if path.exists():
+        return False
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2, default=str)
+            handle.write("\n")
+        os.link(temporary, path)  # atomic, and fails if another process created the file first
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------- selection
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → (I, N) with 1 ≤ I ≤ N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: expected I/N, e.g. 2/8") from None
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: expected 1 ≤ I ≤ N")
+    return index, count
+
+
+def select(
+    plans: Sequence[Plan],
+    patterns: Sequence[str] = (),
+    shard: tuple[int, int] | None = None,
+) -> list[list[Cell]]:
+    """The cells to run of each plan: those matching any of ``patterns`` (all when empty), then the ``shard``-th of
+    ``N`` parts of them (cells in order, dealt round-robin over all plans together).
+
+    The prerequisites of the chosen cells are not added here: :func:`run_plan` runs those that are unfinished.
+
+    Raises:
+        UsageError: a pattern matches no cell.
+    """
+    chosen = [
+        [cell for cell in p.cells if not patterns or any(fnmatch.fnmatchcase(cell.id, pat) for pat in patterns)]
+        for p in plans
+    ]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(cell.id, pattern) for p in plans for cell in p.cells):
+            names = ", ".join(f"{p.paper.name}/{p.experiment.name}" for p in plans)
+            raise UsageError(f"--cells {pattern}: matches no cell of {names}; --list-cells lists them")
+    if shard is None:
+        return chosen
+    index, count = shard
+    position = 0
+    dealt: list[list[Cell]] = []
+    for cells in chosen:
+        mine = []
+        for cell in cells:
+            if position % count == index - 1:
+                mine.append(cell)
+            position += 1
+        dealt.append(mine)
+    return dealt
+
+
+def with_prerequisites(run_plan: Plan, cells: Sequence[Cell], run_dir: Path | None) -> list[Cell]:
+    """``cells`` plus every unfinished cell they need (transitively), in the plan's order."""
+    by_id, wanted = run_plan.by_id, {cell.id for cell in cells}
+    stack = [need for cell in cells for need in cell.needs]
+    while stack:
+        need = stack.pop()
+        if need in wanted or (run_dir is not None and is_finished(run_dir, need)):
+            continue
+        wanted.add(need)
+        stack.extend(by_id[need].needs)
+    return [cell for cell in run_plan.cells if cell.id in wanted]
+
+
+# ----------------------------------------------------------------------------------------------- locks and states
+class CellLock:
+    """An exclusive ``flock`` on a cell's ``.lock``; released when the process ends, however it ends."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._descriptor: int | None = None
+
+    def acquire(self, wait: bool = False) -> bool:
+        """Take the lock; without ``wait``, return False at once if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        os.ftruncate(descriptor, 0)
+        started = datetime.now().isoformat(timespec="seconds")
+        os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
+        self._descriptor = descriptor
+        return True
+
+    def release(self) -> None:
+        """Give the lock up (the file stays: removing it would race with a process about to lock it)."""
+        if self._descriptor is not None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def holder(self) -> str:
+        """Who holds or last held the lock, as its file says."""
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def is_held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now."""
+        if not self.path.is_file():
+            return False
+        if self.acquire(wait=False):
+            self.release()
+            return False
+        return True
+
+
+def cell_state(run_dir: Path | None, cell: Cell) -> str:
+    """``done``, ``running`` (locked by a live process) or ``pending``."""
+    if run_dir is None:
+        return "pending"
+    if is_finished(run_dir, cell.id):
+        return "done"
+    return "running" if CellLock(cell_folder(run_dir, cell.id)).is_held_elsewhere() else "pending"
+
+
+def list_cells(run_plan: Plan, run_dir: Path | None) -> list[str]:
+    """One line per cell: id, state and the ids it needs."""
+    lines = []
+    for cell in run_plan.cells:
+        needs = f"  needs {', '.join(cell.needs)}" if cell.needs else ""
+        lines.append(f"{cell.id}  {cell_state(run_dir, cell)}{needs}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- running
+@dataclass(frozen=True)
+class Outcome:
+    """What one :func:`run_plan` call did, and the table if every cell of the run is finished."""
+
+    ran: tuple[str, ...]
+    running_elsewhere: tuple[str, ...]
+    rows: list[ResultRow] | None
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_plan(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_say) -> Outcome:
+    """Run ``cells`` of ``run_plan`` (and their unfinished prerequisites) in ``context.run_dir``.
+
+    Finished cells are skipped; a cell locked by another process is skipped, or waited for when a later cell here
+    needs it. Each cell runs bound to its folder, with the experiment's CPU threads, and writes its result file
+    atomically. Returns what ran, what was left to other processes, and the table when the run is complete.
+    """
+    run_dir = context.run_dir
+    todo = with_prerequisites(run_plan, cells, run_dir)
+    needed_here = {need for cell in todo for need in cell.needs}
+    threads = run_plan.experiment.cpu_threads(run_plan.config) if context.device.type == "cpu" else None
+    ran, elsewhere = [], []
+    for number, cell in enumerate(todo, 1):
+        if is_finished(run_dir, cell.id):
+            continue
+        with _locked(cell, run_dir, wait=cell.id in needed_here, log=log) as acquired:
+            if not acquired:
+                elsewhere.append(cell.id)
+                continue
+            if is_finished(run_dir, cell.id):  # finished by another process while this one waited
+                continue
+            log(f"[{number}/{len(todo)}] {cell.id}")
+            started = time.perf_counter()
+            with torch_threads(threads):
+                values = cell.run(context.for_cell(cell.id))
+            _write_cell_result(run_dir, cell, values, time.perf_counter() - started)
+            ran.append(cell.id)
+    return Outcome(tuple(ran), tuple(elsewhere), assemble(run_plan, run_dir))
+
+
+@contextmanager
+def _locked(cell: Cell, run_dir: Path, wait: bool, log) -> Iterator[bool]:
+    lock = CellLock(cell_folder(run_dir, cell.id))
+    acquired = lock.acquire(wait=False)
+    if not acquired:
+        if wait:
+            log(f"{cell.id}: running in another process ({lock.holder()}); waiting for it, a later cell needs it")
+            acquired = lock.acquire(wait=True)
+        else:
+            log(f"{cell.id}: running in another process ({lock.holder()}); left to it")
+    try:
+        yield acquired
+    finally:
+        lock.release()
+
+
+def _write_cell_result(run_dir: Path, cell: Cell, values: Mapping[str, Any], seconds: float) -> None:
+    if not isinstance(values, Mapping):
+        raise TypeError(f"cell {cell.id} returned {type(values).__name__}, not a mapping of named values")
+    record = {
+        "id": cell.id,
+        "values": dict(values),
+        "seconds": round(seconds, 3),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+    }
+    json.dumps(record, allow_nan=True)  # a value JSON cannot hold is a bug of the cell: fail before writing
+    write_json_atomically(cell_folder(run_dir, cell.id) / CELL_RESULT, record)
+
+
+def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
+    """The table of a run whose cells are all finished (also written as ``results.json``); None otherwise."""
+    if not all(is_finished(run_dir, cell.id) for cell in run_plan.cells):
+        return None
+    results = {cell.id: read_cell_result(run_dir, cell.id) for cell in run_plan.cells}
+    rows = [
+        replace(row, scale=run_plan.settings.scale) for row in run_plan.experiment.table(run_plan.config, results)
+    ]
+    record = RunRecord(run_plan.paper.name, run_plan.experiment.name, rows, run_plan.settings.as_record())
+    write_results(run_dir, record)
+    return rows
+
+
+def pending(run_plan: Plan, run_dir: Path) -> list[str]:
+    """Ids of the cells of the run that have not finished."""
+    return [cell.id for cell in run_plan.cells if not is_finished(run_dir, cell.id)]
+

@@ -1,0 +1,155 @@
+"""The inputs of the Gaussian fits of Rippel et al. (ICPR 2020): images, backbones and one category's features.
+
+Images are MVTec AD under the data root (paper scale) or the generated MVTec-layout set of
+:mod:`gaussian_ad.synthetic_mvtec` (demo scale), read at the backbone's native resolution (note §1.2, §1.4).
+Features are the globally pooled levels (one (N, C_l) float32 tensor per level) from
+:func:`gaussian_ad.engine.extract_features`. A features cell writes them atomically into its folder
+(``features.pt``); the fit cells read them from there (:func:`stored_features`). Extractions are also kept in
+memory for the process, so two tables run in one process extract each (backbone, category, augmentation) once;
+the memory holds exactly what the files hold, so no result depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import folder_locations
+from common.datasets.mvtec import read_mvtec
+from common.errors import DataError
+from gaussian_ad.augment import Switches, augment
+from gaussian_ad.backbones import ARCHITECTURES, pretrained_features
+from gaussian_ad.config import GaussianADConfig
+from gaussian_ad.engine import extract_features
+from gaussian_ad.protocol import CategoryFeatures
+from gaussian_ad.resnet import RESNETS, pretrained_resnet
+from gaussian_ad.resnet import RESOLUTION as RESNET_RESOLUTION
+from gaussian_ad.synthetic_mvtec import write_synthetic_mvtec
+
+FEATURES_FILE = "features.pt"
+_FEATURES: dict[tuple, dict[str, Any]] = {}
+_BACKBONES: dict[tuple[str, str | None], torch.nn.Module] = {}
+
+
+def _dataset_root(config: GaussianADConfig) -> Path:
+    return folder_locations.data_root() / ("synthetic-mvtec" if config.synthetic else "mvtec")
+
+
+def dataset_folder(config: GaussianADConfig) -> Path:
+    """MVTec AD under the data root, or the synthetic set (written on first use) at the demo scale."""
+    if not config.synthetic:
+        return _dataset_root(config)
+    return write_synthetic_mvtec(
+        _dataset_root(config),
+        config.categories,
+        config.n_train,
+        config.n_test_good,
+        config.n_test_defect,
+        config.image_size,
+    )
+
+
+def backbone(name: str, padding: str | None) -> torch.nn.Module:
+    """The pretrained feature extractor (built once per process): an EfficientNet, or a ResNet (``padding`` unused)."""
+    if (name, padding) not in _BACKBONES:
+        model = pretrained_resnet(name) if name in RESNETS else pretrained_features(name, padding)
+        _BACKBONES[(name, padding)] = model
+    return _BACKBONES[(name, padding)]
+
+
+def resolution(name: str) -> int:
+    """Input size of backbone ``name``: the EfficientNet's native resolution, 224 for the ResNets (note §1.2)."""
+    if name in RESNETS:
+        return RESNET_RESOLUTION
+    if name not in ARCHITECTURES:
+        raise ValueError(f"architecture: unknown backbone {name!r}; known: {', '.join([*ARCHITECTURES, *RESNETS])}")
+    return ARCHITECTURES[name].resolution
+
+
+def _key(config: GaussianADConfig, arch: str, category: str, augmented: bool) -> tuple:
+    """What an extraction depends on: the images, the backbone, the category and the augmentation."""
+    synthetic = (config.n_train, config.n_test_good, config.n_test_defect, config.image_size)
+    data = (str(_dataset_root(config)), synthetic if config.synthetic else None, arch, config.padding, category)
+    return (*data, config.augment_passes, config.fold_seed) if augmented else data
+
+
+def category_features(
+    config: GaussianADConfig, arch: str, category: str, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """``{"train", "test", "test_labels"}``: pooled features of one category's train and test images."""
+    key = _key(config, arch, category, augmented=False)
+    if key not in _FEATURES:
+        folder, size = dataset_folder(config), resolution(arch)
+        splits = {split: read_mvtec(folder, category, split, size=size) for split in ("train", "test")}  # data first
+        model = backbone(arch, config.padding)
+        extracted = {
+            split: extract_features(model, data.images, device, config.batch_size, progress, desc=f"{category} {split}")
+            for split, data in splits.items()
+        }
+        _FEATURES[key] = {**extracted, "test_labels": splits["test"].labels}
+    return _FEATURES[key]
+
+
+def augmented_features(
+    config: GaussianADConfig, arch: str, category: str, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """``{"augmented"}``: per level (passes, N_train, C_l) features of ``config.augment_passes`` augmented passes.
+
+    Each pass augments every training image once (note §1.10), drawing from one generator seeded ``fold_seed``.
+    """
+    passes = config.augment_passes
+    key = _key(config, arch, category, augmented=True)
+    if key not in _FEATURES:
+        train = read_mvtec(dataset_folder(config), category, "train", size=resolution(arch))  # data first
+        model = backbone(arch, config.padding)
+        generator = torch.Generator().manual_seed(config.fold_seed)
+        switches = Switches.for_category(category)
+        per_pass = [
+            extract_features(
+                model,
+                augment(train.images, switches, generator),
+                device,
+                config.batch_size,
+                progress,
+                desc=f"{category} augmented {p + 1}/{passes}",
+            )
+            for p in range(passes)
+        ]
+        _FEATURES[key] = {"augmented": [torch.stack(level) for level in zip(*per_pass, strict=True)]}
+    return _FEATURES[key]
+
+
+def write_features(folder: Path, features: dict[str, Any]) -> Path:
+    """Save ``features`` as ``folder/features.pt`` atomically (a partial file, then a rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / FEATURES_FILE
+    partial = path.with_name(path.name + ".partial")
+    torch.save(features, partial)
+    os.replace(partial, path)
+    return path
+
+
+def _read_features(folder: Path, key: tuple) -> dict[str, Any]:
+    if key not in _FEATURES:
+        path = folder / FEATURES_FILE
+        try:
+            _FEATURES[key] = torch.load(path, weights_only=True)
+        except FileNotFoundError:
+            raise DataError(path, "no features: the features cell that writes them has not finished") from None
+        except (OSError, RuntimeError) as error:
+            raise DataError(path, f"not a features file of this suite ({error})") from None
+    return _FEATURES[key]
+
+
+def stored_features(
+    config: GaussianADConfig, arch: str, category: str, folder: Path, augmented_folder: Path | None = None
+) -> CategoryFeatures:
+    """One category's features as its features cells wrote them in ``folder`` (and ``augmented_folder``)."""
+    features = CategoryFeatures(**_read_features(folder, _key(config, arch, category, augmented=False)))
+    if augmented_folder is None:
+        return features
+    augmented = _read_features(augmented_folder, _key(config, arch, category, augmented=True))
+    return features._replace(augmented=augmented["augmented"])
