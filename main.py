@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import folder_locations
-from common.cells import SCALES, Paper, RunContext, Settings
+from common.cells import SCALES, Cell, Paper, RunContext, Settings
 from common.errors import DataError, UsageError
 from common.results import ResultRow, render_markdown
+from common.run import CONFIG_FILE
+from common.runner import Plan
 
 
 class PaperModule(NamedTuple):
@@ -102,15 +104,27 @@ class RunOptions:
         return {"scale": self.scale, "seeds": self.seeds, "epochs": self.epochs}
 
 
-def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> list[ResultRow]:
-    """Run the cells of the named experiments of paper ``name`` (all when empty); print and return the tables.
+@dataclass(frozen=True)
+class Job:
+    """What one command runs of a paper: per experiment its plan, the cells chosen and its run folder."""
 
-    Rows are returned for every experiment whose cells are all finished after this call.
+    plans: tuple[Plan, ...]
+    selections: tuple[tuple[Cell, ...], ...]
+    folders: tuple[Path | None, ...]  # None: a new run folder is made when the experiment has cells to run
+
+
+def prepare(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> Job:
+    """Resolve and check everything a command asks of paper ``name`` before anything runs or is written.
+
+    Raises:
+        UsageError: an unknown name, a bad option, a run folder of something else or with other settings.
     """
     from common import runner
 
     options = options or RunOptions()
     paper = get_paper(name)
+    if options.resume is not None and options.run_name is not None:
+        raise UsageError("--resume and --run-name both name the run folder: give one of them")
     if options.resume is not None:
         folder = runner.find_run_folder(options.resume)
         recorded = runner.read_recorded_run(folder)
@@ -121,33 +135,61 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
                 "nothing in it was touched"
             )
         settings = runner.merge_settings(recorded, options.given_settings())
-        chosen, folders = [recorded.experiment], {recorded.experiment: folder}
+        chosen, existing = [recorded.experiment], {recorded.experiment: folder}
     else:
         settings = options.settings()
-        chosen, folders = list(experiments) or experiment_names(paper, settings.scale), {}
+        chosen = list(experiments) or experiment_names(paper, settings.scale)
+        existing = {}
     shard = runner.parse_shard(options.shard) if options.shard else None
     if shard and options.resume is None and options.run_name is None:
         raise UsageError("--shard needs --run-name NAME (or --resume RUN): every shard must write into one run folder")
-    plans = [runner.plan(paper, _experiment(paper, e), settings) for e in chosen]
-    selections = runner.select(plans, options.cells, shard)
+    plans = tuple(runner.plan(paper, _experiment(paper, e), settings) for e in chosen)
+    folders = []
+    for run_plan in plans:
+        folder = existing.get(run_plan.experiment.name)
+        if folder is None and options.run_name is not None:
+            root = options.output or folder_locations.runs_root()
+            named = root / name / run_plan.experiment.name / options.run_name
+            if (named / CONFIG_FILE).is_file():  # a run shared by several processes: same settings, or refused
+                runner.check_same_run(runner.read_recorded_run(named), run_plan)
+                folder = named
+        folders.append(folder)
+    selections = tuple(tuple(cells) for cells in runner.select(plans, options.cells, shard))
+    return Job(plans, selections, tuple(folders))
+
+
+def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
+    """Run the chosen cells of each experiment of ``job``; print and return the tables that are complete."""
+    from common import runner
+
+    device = _device(options.device)
     rows: list[ResultRow] = []
-    for run_plan, cells in zip(plans, selections, strict=True):
+    for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True):
         if not cells:
             continue
-        run_dir = folders.get(run_plan.experiment.name) or _run_folder(run_plan, options)
+        run_dir = folder or _run_folder(run_plan, options)
         runner.open_run_folder(run_plan, run_dir)
         context = RunContext(
-            paper=name,
+            paper=run_plan.paper.name,
             experiment=run_plan.experiment.name,
-            settings=settings,
+            settings=run_plan.settings,
             config=run_plan.config,
             run_dir=run_dir,
-            device=_device(options.device),
+            device=device,
             progress=options.progress,
         )
-        outcome = runner.run_plan(run_plan, cells, context)
+        outcome = runner.run_cells(run_plan, cells, context)
         rows.extend(_print_outcome(run_plan, run_dir, outcome))
     return rows
+
+
+def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> list[ResultRow]:
+    """Run the cells of the named experiments of paper ``name`` (all when empty); print and return the tables.
+
+    Rows are returned for every experiment whose cells are all finished after this call.
+    """
+    options = options or RunOptions()
+    return run_job(prepare(name, experiments, options), options)
 
 
 def _experiment(paper: Paper, name: str):
@@ -193,31 +235,21 @@ def _print_outcome(run_plan, run_dir: Path, outcome) -> list[ResultRow]:
 
 
 def list_paper_cells(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> str:
-    """One line per cell of the chosen experiments: id, state (done / running / pending) and the ids it needs.
+    """One line per chosen cell (``--cells``, ``--shard``): id, state (done / running / pending), the ids it needs.
 
-    States are those in the run folder of ``options.resume`` or ``options.run_name``; without one, every cell is
-    pending. Nothing is created or changed.
+    States are those in the run folder of ``options.resume`` or ``options.run_name`` (checked as a run would check
+    it); without one, every cell is pending. Nothing is created or changed.
     """
     from common import runner
 
-    options = options or RunOptions()
-    paper = get_paper(name)
-    folders: dict[str, Path] = {}
-    if options.resume is not None:
-        recorded = runner.read_recorded_run(runner.find_run_folder(options.resume))
-        settings = runner.merge_settings(recorded, options.given_settings())
-        chosen, folders = [recorded.experiment], {recorded.experiment: recorded.folder}
-    else:
-        settings = options.settings()
-        chosen = list(experiments) or experiment_names(paper, settings.scale)
+    job = prepare(name, experiments, options)
     lines = []
-    for experiment in chosen:
-        run_plan = runner.plan(paper, _experiment(paper, experiment), settings)
-        folder = folders.get(experiment)
-        if folder is None and options.run_name is not None:
-            candidate = (options.output or folder_locations.runs_root()) / name / experiment / options.run_name
-            folder = candidate if candidate.is_dir() else None
-        lines += runner.list_cells(run_plan, folder)
+    for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True):
+        chosen = {cell.id for cell in cells}
+        lines += [
+            line for cell, line in zip(run_plan.cells, runner.list_cells(run_plan, folder), strict=True)
+            if cell.id in chosen
+        ]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -242,7 +274,7 @@ def memae(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]
 
 
 def report(runs: Path | None = None, paper: str | None = None) -> str:
-    """Markdown tables assembled from the cell results of the newest run of each experiment under ``runs``.
+    """Markdown tables assembled from the cell results of the newest run of each experiment and scale under ``runs``.
 
     ``runs`` may be a runs root, a folder below it, or one run folder (shards copied together from several
     machines included). A run with unfinished cells is listed with how many are left.
@@ -250,21 +282,26 @@ def report(runs: Path | None = None, paper: str | None = None) -> str:
     from common import runner
 
     runs = runs or folder_locations.runs_root()
-    newest: dict[tuple[str, str], tuple[str, runner.RecordedRun]] = {}
-    for path in sorted(Path(runs).rglob("config.json")):
+    newest: dict[tuple[str, str, str], tuple[str, runner.RecordedRun]] = {}
+    skipped = []
+    for path in sorted(Path(runs).rglob(CONFIG_FILE)):
         try:
             recorded = runner.read_recorded_run(path.parent)
             saved = str(json.loads(path.read_text()).get("saved", ""))
-        except UsageError:
+        except (UsageError, OSError, ValueError):
+            continue  # not the config.json of a run
+        if recorded.paper not in PAPER_MODULES:
+            skipped.append(f"{path.parent}: a run of {recorded.paper!r}, which is not a paper of this suite; skipped")
             continue
-        key = (recorded.paper, recorded.experiment)
+        key = (recorded.paper, recorded.experiment, recorded.settings.scale)
         if (paper is None or recorded.paper == paper) and (key not in newest or saved >= newest[key][0]):
             newest[key] = (saved, recorded)
-    blocks = []
-    for key in sorted(newest, key=lambda k: (list(PAPER_MODULES).index(k[0]) if k[0] in PAPER_MODULES else 99, k)):
+    blocks = list(skipped)
+    order = list(PAPER_MODULES)
+    for key in sorted(newest, key=lambda k: (order.index(k[0]), k[1:])):
         recorded = newest[key][1]
-        run_plan = runner.plan(get_paper(recorded.paper), _experiment(get_paper(recorded.paper), recorded.experiment),
-                               recorded.settings)  # fmt: skip
+        owner = get_paper(recorded.paper)
+        run_plan = runner.plan(owner, _experiment(owner, recorded.experiment), recorded.settings)
         rows = runner.assemble(run_plan, recorded.folder)
         if rows is None:
             left = len(runner.pending(run_plan, recorded.folder))
@@ -384,8 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return download(args.datasets, args.root)
         elif command == "all":
             options = _options(args) if args.command else RunOptions()
-            for name in PAPER_MODULES:
-                run_paper(name, (), options)
+            jobs = [prepare(name, (), options) for name in PAPER_MODULES]  # every paper checked before any runs
+            for job in jobs:
+                run_job(job, options)
         elif args.list_cells:
             print(list_paper_cells(command, args.experiments, _options(args)))
         else:

@@ -54,6 +54,8 @@ class Settings:
             bad = [seed for seed in self.seeds if isinstance(seed, bool) or not 0 <= seed < 2**32]
             if bad:
                 raise ValueError(f"seeds must be integers in [0, 2**32), got {bad[0]}")
+            if len(set(self.seeds)) < len(self.seeds):
+                raise ValueError(f"seeds must differ, got {' '.join(map(str, self.seeds))}")
             object.__setattr__(self, "seeds", tuple(self.seeds))
 
     def as_record(self) -> dict[str, Any]:
@@ -141,6 +143,17 @@ class Cell:
     def __post_init__(self) -> None:
         check_cell_id(self.id)
         object.__setattr__(self, "needs", tuple(self.needs))
+
+
+def id_part(name: object) -> str:
+    """``name`` as one part of a cell id: runs of characters other than letters, digits and ``_.+=-`` become ``-``.
+
+    Example: ``id_part("Held-out digits 6-9")`` is ``"Held-out-digits-6-9"``.
+    """
+    part = re.sub(r"[^A-Za-z0-9_.+=-]+", "-", str(name)).strip("-")
+    if not part or part in {".", ".."}:
+        raise ValueError(f"{name!r} has no characters a cell id can keep")
+    return part
 
 
 def check_cell_id(cell_id: str) -> None:

@@ -15,15 +15,13 @@ finished, and by ``report``.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +40,7 @@ from common.cells import (
     read_cell_result,
 )
 from common.errors import UsageError
-from common.files import write_json_atomically
+from common.files import FileLock, write_json_atomically
 from common.results import ResultRow, RunRecord, write_results
 from common.run import CONFIG_FILE, plain, run_metadata, torch_threads
 
@@ -72,7 +70,10 @@ def plan(paper: Paper, experiment: Experiment, settings: Settings) -> Plan:
             f"{paper.name}/{experiment.name} has no {settings.scale!r} scale; scales: {', '.join(experiment.scales)}"
         )
     config = experiment.configure(settings)
-    cells = checked_cells(paper.name, experiment.name, experiment.cells(config))
+    try:
+        cells = checked_cells(paper.name, experiment.name, experiment.cells(config))
+    except ValueError as error:
+        raise UsageError(f"{paper.name}/{experiment.name} at {settings.as_record()}: {error}") from None
     return Plan(paper, experiment, settings, config, tuple(cells))
 
 
@@ -215,7 +216,7 @@ def select(
     """The cells to run of each plan: those matching any of ``patterns`` (all when empty), then the ``shard``-th of
     ``N`` parts of them (cells in order, dealt round-robin over all plans together).
 
-    The prerequisites of the chosen cells are not added here: :func:`run_plan` runs those that are unfinished.
+    The prerequisites of the chosen cells are not added here: :func:`run_cells` runs those that are unfinished.
 
     Raises:
         UsageError: a pattern matches no cell.
@@ -257,50 +258,9 @@ def with_prerequisites(run_plan: Plan, cells: Sequence[Cell], run_dir: Path | No
 
 
 # ----------------------------------------------------------------------------------------------- locks and states
-class CellLock:
-    """An exclusive ``flock`` on a cell's ``.lock``; released when the process ends, however it ends."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / LOCK_FILE
-        self._descriptor: int | None = None
-
-    def acquire(self, wait: bool = False) -> bool:
-        """Take the lock; without ``wait``, return False at once if another process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(descriptor)
-            return False
-        os.ftruncate(descriptor, 0)
-        started = datetime.now().isoformat(timespec="seconds")
-        os.write(descriptor, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode())
-        self._descriptor = descriptor
-        return True
-
-    def release(self) -> None:
-        """Give the lock up (the file stays: removing it would race with a process about to lock it)."""
-        if self._descriptor is not None:
-            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
-            os.close(self._descriptor)
-            self._descriptor = None
-
-    def holder(self) -> str:
-        """Who holds or last held the lock, as its file says."""
-        try:
-            return self.path.read_text().strip() or "another process"
-        except OSError:
-            return "another process"
-
-    def is_held_elsewhere(self) -> bool:
-        """Whether another process holds the lock now."""
-        if not self.path.is_file():
-            return False
-        if self.acquire(wait=False):
-            self.release()
-            return False
-        return True
+def cell_lock(run_dir: Path, cell_id: str) -> FileLock:
+    """The lock a process holds while it runs cell ``cell_id``: ``.lock`` in the cell's folder."""
+    return FileLock(cell_folder(run_dir, cell_id) / LOCK_FILE)
 
 
 def cell_state(run_dir: Path | None, cell: Cell) -> str:
@@ -309,7 +269,7 @@ def cell_state(run_dir: Path | None, cell: Cell) -> str:
         return "pending"
     if is_finished(run_dir, cell.id):
         return "done"
-    return "running" if CellLock(cell_folder(run_dir, cell.id)).is_held_elsewhere() else "pending"
+    return "running" if cell_lock(run_dir, cell.id).is_held_elsewhere() else "pending"
 
 
 def list_cells(run_plan: Plan, run_dir: Path | None) -> list[str]:
@@ -324,7 +284,7 @@ def list_cells(run_plan: Plan, run_dir: Path | None) -> list[str]:
 # ----------------------------------------------------------------------------------------------- running
 @dataclass(frozen=True)
 class Outcome:
-    """What one :func:`run_plan` call did, and the table if every cell of the run is finished."""
+    """What one :func:`run_cells` call did, and the table if every cell of the run is finished."""
 
     ran: tuple[str, ...]
     running_elsewhere: tuple[str, ...]
@@ -335,50 +295,59 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def run_plan(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_say) -> Outcome:
+def run_cells(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_say) -> Outcome:
     """Run ``cells`` of ``run_plan`` (and their unfinished prerequisites) in ``context.run_dir``.
 
-    Finished cells are skipped; a cell locked by another process is skipped, or waited for when a later cell here
-    needs it. Each cell runs bound to its folder, with the experiment's CPU threads, and writes its result file
-    atomically. Returns what ran, what was left to other processes, and the table when the run is complete.
+    The cells are tried in the plan's order, again and again while any of them can be taken: a cell runs once the
+    cells it needs are finished and nobody else holds its lock. When nothing can be taken, this process waits for
+    the first cell another process is running that a cell here needs (and runs it itself if that process dies);
+    a cell that another process is running and nothing here needs is left to it. Each cell runs bound to its
+    folder, with the experiment's CPU threads, and writes its result file atomically.
+
+    Returns:
+        What ran here, what was left to other processes, and the table when every cell of the run is finished.
     """
     run_dir = context.run_dir
-    todo = with_prerequisites(run_plan, cells, run_dir)
-    needed_here = {need for cell in todo for need in cell.needs}
+    pending = [cell for cell in with_prerequisites(run_plan, cells, run_dir) if not is_finished(run_dir, cell.id)]
+    total, ran = len(pending), []
     threads = run_plan.experiment.cpu_threads(run_plan.config) if context.device.type == "cpu" else None
-    ran, elsewhere = [], []
-    for number, cell in enumerate(todo, 1):
-        if is_finished(run_dir, cell.id):
+
+    def run(cell: Cell, lock: FileLock) -> None:
+        try:
+            if not is_finished(run_dir, cell.id):  # another process may have finished it meanwhile
+                log(f"[{len(ran) + 1}/{total}] {cell.id}")
+                started = time.perf_counter()
+                with torch_threads(threads):
+                    values = cell.run(context.for_cell(cell.id))
+                _write_cell_result(run_dir, cell, values, time.perf_counter() - started)
+                ran.append(cell.id)
+        finally:
+            lock.release()
+        pending.remove(cell)
+
+    while pending:
+        ready = [cell for cell in pending if all(is_finished(run_dir, need) for need in cell.needs)]
+        taken = next((cell for cell in ready if (lock := _try_lock(run_dir, cell))), None)
+        if taken is not None:
+            run(taken, lock)
             continue
-        with _locked(cell, run_dir, wait=cell.id in needed_here, log=log) as acquired:
-            if not acquired:
-                elsewhere.append(cell.id)
-                continue
-            if is_finished(run_dir, cell.id):  # finished by another process while this one waited
-                continue
-            log(f"[{number}/{len(todo)}] {cell.id}")
-            started = time.perf_counter()
-            with torch_threads(threads):
-                values = cell.run(context.for_cell(cell.id))
-            _write_cell_result(run_dir, cell, values, time.perf_counter() - started)
-            ran.append(cell.id)
-    return Outcome(tuple(ran), tuple(elsewhere), assemble(run_plan, run_dir))
+        needed = {need for cell in pending for need in cell.needs}
+        blocking = [cell for cell in ready if cell.id in needed]
+        if not blocking:  # what is left runs elsewhere and nothing here needs it
+            for cell in ready:
+                log(f"{cell.id}: running in another process ({cell_lock(run_dir, cell.id).holder()}); left to it")
+            break
+        lock = cell_lock(run_dir, blocking[0].id)
+        log(f"{blocking[0].id}: running in another process ({lock.holder()}); waiting for it, a cell here needs it")
+        lock.acquire(wait=True)
+        run(blocking[0], lock)
+    elsewhere = tuple(cell.id for cell in pending)
+    return Outcome(tuple(ran), elsewhere, assemble(run_plan, run_dir))
 
 
-@contextmanager
-def _locked(cell: Cell, run_dir: Path, wait: bool, log) -> Iterator[bool]:
-    lock = CellLock(cell_folder(run_dir, cell.id))
-    acquired = lock.acquire(wait=False)
-    if not acquired:
-        if wait:
-            log(f"{cell.id}: running in another process ({lock.holder()}); waiting for it, a later cell needs it")
-            acquired = lock.acquire(wait=True)
-        else:
-            log(f"{cell.id}: running in another process ({lock.holder()}); left to it")
-    try:
-        yield acquired
-    finally:
-        lock.release()
+def _try_lock(run_dir: Path, cell: Cell) -> FileLock | None:
+    lock = cell_lock(run_dir, cell.id)
+    return lock if lock.acquire(wait=False) else None
 
 
 def _write_cell_result(run_dir: Path, cell: Cell, values: Mapping[str, Any], seconds: float) -> None:
@@ -400,9 +369,7 @@ def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
     if not all(is_finished(run_dir, cell.id) for cell in run_plan.cells):
         return None
     results = {cell.id: read_cell_result(run_dir, cell.id) for cell in run_plan.cells}
-    rows = [
-        replace(row, scale=run_plan.settings.scale) for row in run_plan.experiment.table(run_plan.config, results)
-    ]
+    rows = [replace(row, scale=run_plan.settings.scale) for row in run_plan.experiment.table(run_plan.config, results)]
     record = RunRecord(run_plan.paper.name, run_plan.experiment.name, rows, run_plan.settings.as_record())
     write_results(run_dir, record)
     return rows

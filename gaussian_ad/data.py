@@ -11,7 +11,7 @@ the memory holds exactly what the files hold, so no result depends on it.
 
 from __future__ import annotations
 
-import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import folder_locations
 from common.datasets.mvtec import read_mvtec
 from common.errors import DataError
+from common.files import torch_save_atomically
 from gaussian_ad.augment import Switches, augment
 from gaussian_ad.backbones import ARCHITECTURES, pretrained_features
 from gaussian_ad.config import GaussianADConfig
@@ -30,7 +31,10 @@ from gaussian_ad.resnet import RESOLUTION as RESNET_RESOLUTION
 from gaussian_ad.synthetic_mvtec import write_synthetic_mvtec
 
 FEATURES_FILE = "features.pt"
-_FEATURES: dict[tuple, dict[str, Any]] = {}
+FEATURES_KEPT = 4
+"""Feature sets kept in memory per process (a category's augmented B4 passes are ~235 MB at the paper scale); cells
+of one (backbone, category) run one after another, so a few are enough to extract and read each set once."""
+_FEATURES: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 _BACKBONES: dict[tuple[str, str | None], torch.nn.Module] = {}
 
 
@@ -89,7 +93,7 @@ def category_features(
             split: extract_features(model, data.images, device, config.batch_size, progress, desc=f"{category} {split}")
             for split, data in splits.items()
         }
-        _FEATURES[key] = {**extracted, "test_labels": splits["test"].labels}
+        _keep(key, {**extracted, "test_labels": splits["test"].labels})
     return _FEATURES[key]
 
 
@@ -118,25 +122,29 @@ def augmented_features(
             )
             for p in range(passes)
         ]
-        _FEATURES[key] = {"augmented": [torch.stack(level) for level in zip(*per_pass, strict=True)]}
+        _keep(key, {"augmented": [torch.stack(level) for level in zip(*per_pass, strict=True)]})
     return _FEATURES[key]
+
+
+def _keep(key: tuple, features: dict[str, Any]) -> None:
+    """Remember ``features`` under ``key``, forgetting the least recently stored beyond :data:`FEATURES_KEPT`."""
+    _FEATURES[key] = features
+    _FEATURES.move_to_end(key)
+    while len(_FEATURES) > FEATURES_KEPT:
+        _FEATURES.popitem(last=False)
 
 
 def write_features(folder: Path, features: dict[str, Any]) -> Path:
     """Save ``features`` as ``folder/features.pt`` atomically (a partial file, then a rename)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / FEATURES_FILE
-    partial = path.with_name(path.name + ".partial")
-    torch.save(features, partial)
-    os.replace(partial, path)
-    return path
+    return torch_save_atomically(features, folder / FEATURES_FILE)
 
 
 def _read_features(folder: Path, key: tuple) -> dict[str, Any]:
     if key not in _FEATURES:
         path = folder / FEATURES_FILE
         try:
-            _FEATURES[key] = torch.load(path, weights_only=True)
+            _keep(key, torch.load(path, weights_only=True))
         except FileNotFoundError:
             raise DataError(path, "no features: the features cell that writes them has not finished") from None
         except (OSError, RuntimeError) as error:

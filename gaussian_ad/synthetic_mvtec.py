@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.files import FileLock
+
 Drawer = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 DEFECTS = ("scratch", "hole", "stain")
 MARKER = ".synthetic-mvtec.json"
@@ -184,25 +186,30 @@ def write_synthetic_mvtec(
     if min(n_train, n_test_good, n_test_defect) < 1 or size < 64:
         raise ValueError("n_train, n_test_good and n_test_defect must be ≥ 1 and size ≥ 64")
     root.mkdir(parents=True, exist_ok=True)
-    for category in categories:
-        settings = {
-            "n_train": n_train,
-            "n_test_good": n_test_good,
-            "n_test_defect": n_test_defect,
-            "size": size,
-            "seed": seed,
-            "category": category,
-        }
-        target = root / category
-        if (target / MARKER).is_file() and json.loads((target / MARKER).read_text()) == settings:
-            continue
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{category}-"))
-        _write_category(staging, category, settings)
-        (staging / MARKER).write_text(json.dumps(settings))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+    with FileLock(root / ".lock"):  # processes sharing the data root write one category at a time
+        for category in categories:
+            settings = {
+                "n_train": n_train,
+                "n_test_good": n_test_good,
+                "n_test_defect": n_test_defect,
+                "size": size,
+                "seed": seed,
+                "category": category,
+            }
+            _write_if_changed(root / category, settings)
     return root
+
+
+def _write_if_changed(target: Path, settings: dict) -> None:
+    """(Re)write the category folder ``target`` unless its marker records the same settings."""
+    if (target / MARKER).is_file() and json.loads((target / MARKER).read_text()) == settings:
+        return
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{settings['category']}-"))
+    _write_category(staging, settings["category"], settings)
+    (staging / MARKER).write_text(json.dumps(settings))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
 
 
 def _write_category(folder: Path, category: str, settings: dict) -> None:

@@ -146,15 +146,14 @@ def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return rows[: n_train * CHUNK_SIZE], rows[n_train * CHUNK_SIZE :]
 
 
-def tiny_images(config: InvGlowConfig, folder: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) uint8 Tiny images at the model's size and channels (:func:`tiny_split_rows`), read from the
-    memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: the one :func:`prepare_tiny` wrote into
-    the pretraining cell's ``folder``)."""
+def tiny_images(config: InvGlowConfig, folder: Path, seed: int, split: str) -> torch.Tensor:
+    """The ``"train"`` or ``"test"`` uint8 Tiny images at the model's size and channels (:func:`tiny_split_rows`),
+    read from the memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: the one
+    :func:`prepare_tiny` wrote into the pretraining cell's ``folder``). Only that split's rows are converted."""
     root = folder / DEMO_TINY_FOLDER if config.scale == "demo" else None
     subset = load("tiny-images-subset", "train", root=root)
-    size, channels = config.glow.image_size, config.glow.channels
-    train_rows, test_rows = tiny_split_rows(len(subset.images), seed)
-    return to_size(subset.images, size, channels, train_rows), to_size(subset.images, size, channels, test_rows)
+    rows = dict(zip(("train", "test"), tiny_split_rows(len(subset.images), seed), strict=True))
+    return to_size(subset.images, config.glow.image_size, config.glow.channels, rows[split])
 
 
 def image_set(name: str, split: str, config: InvGlowConfig, seed: int) -> ImageSet:

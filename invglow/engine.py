@@ -11,7 +11,6 @@ image's per-scale log-densities (``common.metrics.CollectTensors``) and reports
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +22,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import TensorboardLogger
 
 from common.datasets import ImageSet
+from common.files import torch_save_atomically
 from common.handlers import SKIPPED_STEPS, count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
 from common.loaders import PairedLoader, TensorBatchLoader
 from common.metrics import CollectTensors
@@ -339,7 +339,7 @@ def fit(
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
-    save_atomically(model.state_dict(), folder / FINAL_MODEL)
+    torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
     return {**evaluator.state.metrics, SKIPPED_STEPS: float(getattr(trainer.state, SKIPPED_STEPS))}
 
 
@@ -387,10 +387,3 @@ def load_model(model: Flow, path: Path, device: torch.device) -> Flow:
     """``model`` with the state dict saved at ``path`` (a ``model.pt`` that :func:`fit` wrote), on ``device``."""
     model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     return model.to(device)
-
-
-def save_atomically(value: Any, path: Path) -> None:
-    """``torch.save`` ``value`` to ``path`` through ``<path>.partial`` and ``os.replace``: never half a file."""
-    partial_file = path.with_name(f"{path.name}.partial")
-    torch.save(value, partial_file)
-    os.replace(partial_file, path)

@@ -25,7 +25,6 @@ Every cell trains through :func:`invglow.engine.fit` in its own folder (tensorbo
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,8 +33,9 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
-from common.cells import Cell, Experiment, Paper, RunContext
+from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets import ImageSet
+from common.files import torch_save_atomically
 from common.results import ResultRow, Spread, summary_row
 from common.run import seed_everything
 from invglow import paper
@@ -50,7 +50,7 @@ from invglow.data import (
     read_every_set,
     tiny_images,
 )
-from invglow.engine import FINAL_MODEL, LIKELIHOODS, OutlierKind, OutlierLossConfig, fit, load_model, save_atomically
+from invglow.engine import FINAL_MODEL, LIKELIHOODS, OutlierKind, OutlierLossConfig, fit, load_model
 from invglow.models import MODEL_KINDS, ClassConditionalGlow, ModelKind, build_model
 from invglow.scores import ScoreKind, anomaly_scores, auroc_percent, png_bits_per_dim, serra_scores
 
@@ -107,11 +107,6 @@ GREY = Group(
 MODEL_ROWS: dict[ModelKind, str] = dict(zip(MODEL_KINDS, paper.LOCAL_SEMANTIC_ROWS, strict=True))
 
 
-def id_part(name: str) -> str:
-    """``name`` as a part of a cell id: characters other than letters, digits and ``_ . + = -`` become ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.+=-]", "_", name)
-
-
 def groups(config: InvGlowConfig) -> list[Group]:
     """The groups of the tables: RGB, and grey unless ``config.grey`` is None."""
     return [RGB] if config.grey is None else [RGB, GREY]
@@ -155,7 +150,7 @@ def _pretrain(group: Group, seed: int, context: RunContext) -> dict[str, float]:
     for each in groups(context.config):  # a missing file stops the run before any training
         read_every_set(group_config(context.config, each), seed)
     prepare_tiny(config, context.folder, seed)
-    tiny_train, tiny_test = tiny_images(config, context.folder, seed)
+    tiny_train, tiny_test = (tiny_images(config, context.folder, seed, split) for split in ("train", "test"))
     evaluation = eval_sets("tiny", tiny_test, ood_test_sets(config, seed))
     seed_everything(seed)  # the 1×1 convolutions' random rotations and the coupling nets' weights
     model = build_model(config).to(context.device)
@@ -181,7 +176,8 @@ def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunC
     pretrained = context.folder_of(pretrain_id(group, seed))
     train_set = image_set(in_name, "train", config, seed)
     evaluation = evaluation_sets(in_name, config, seed)
-    tiny_train, _ = tiny_images(config, pretrained, seed)  # the outlier loss's batches
+    outlier = outlier_loss(variant, config.finetune)
+    tiny_train = None if outlier is None else tiny_images(config, pretrained, seed, "train")  # the outlier batches
     model = load_model(build_model(config), pretrained / FINAL_MODEL, context.device)
     base_model = copy.deepcopy(model).requires_grad_(False)
     if variant == "supervised":
@@ -197,7 +193,7 @@ def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunC
         device=context.device,
         progress=context.progress,
         base_model=base_model,
-        outlier=outlier_loss(variant, config.finetune),
+        outlier=outlier,
         outlier_images=tiny_train,
     )
     values = _numbers(metrics)
@@ -329,7 +325,7 @@ def _from_scratch(kind: ModelKind, in_name: str, seed: int, context: RunContext)
     values["bpd"] = metrics[f"bpd/{in_name}"]
     likelihoods = metrics[LIKELIHOODS]["fine"]
     if kind == "full":
-        save_atomically(likelihoods, context.folder / FULL_LIKELIHOODS)
+        torch_save_atomically(likelihoods, context.folder / FULL_LIKELIHOODS)
     else:
         full = context.folder_of(local_semantic_id("full", in_name, seed)) / FULL_LIKELIHOODS
         values["spearman"] = rank_correlation(torch.load(full, weights_only=True), likelihoods)

@@ -10,12 +10,11 @@ rows, accuracy repeated in each row. A second table gives the AUROC per OOD set 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from common.cells import Cell, Experiment, Paper, RunContext
+from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.results import ResultRow, Spread, summary_row
 from mchad import paper
 from mchad.config import DatasetConfig, MainTableConfig, MethodConfig, configure
@@ -39,7 +38,7 @@ _images: dict[DatasetConfig, ImageCache] = {}  # the images of the latest datase
 
 def slug(name: str) -> str:
     """A cell-id part for a dataset or method name ("G-MCHAD" → "g-mchad", "Digits 0-5" → "digits-0-5")."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return id_part(name.lower())
 
 
 def cell_id(dataset: DatasetConfig, method: MethodConfig, seed: int) -> str:

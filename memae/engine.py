@@ -9,7 +9,6 @@ trained model to the cells that fine-tune it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from torch import nn
 
 from common.errors import MissingDataError
+from common.files import torch_save_atomically
 from common.handlers import count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
 from common.loaders import TensorBatchLoader
 from common.metrics import OODMetrics
@@ -287,7 +287,7 @@ def fit(
         eval_every=train.eval_every,
         log_every=train.log_every,
         checkpoint_every_epochs=train.checkpoint_every,
-        n_saved=1,
+        n_saved=2,  # the one before the newest, for a resume when the newest is unreadable
         progress=progress,
         resume=True,
     )
@@ -308,10 +308,8 @@ def fit(
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    """Write ``model``'s state_dict to ``path`` atomically (``<path>.partial``, then ``os.replace``)."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
+    """Write ``model``'s state_dict to ``path`` atomically."""
+    torch_save_atomically(model.state_dict(), path)
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:

@@ -17,7 +17,6 @@ Tables print AUROC and accuracies in percent, ± the standard deviation over see
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 import folder_locations
-from common.cells import Cell, Experiment, Paper, RunContext
+from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets import ImageSet, load
 from common.loaders import TensorBatchLoader
 from common.results import ResultRow, Spread, summary_row
@@ -67,11 +66,6 @@ GROUP_VARIANTS = ("cmemae", "cae")  # C-MemAE and the conditional AE, one of eac
 
 
 # --------------------------------------------------------------------------------------------- shared
-def _id_part(text: str) -> str:
-    """``text`` as a cell-id part: characters other than letters, digits and ``_.+=-`` become ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text)
-
-
 @functools.cache
 def _load_from(data: DataConfig, root: Path) -> tuple[ImageSet, ImageSet]:
     """``root`` (the data root) is only part of the cache key: a test may point the root elsewhere."""
@@ -153,7 +147,7 @@ def _data_note(data: DataConfig) -> str:
 # --------------------------------------------------------------------------------------------- image table
 def image_cell_id(setting: ImageSetting, label: str, c: int, seed: int) -> str:
     """``memae/image_table/<column>/<row>/class-<c>/seed-<seed>``."""
-    return f"{NAME}/image_table/{_id_part(setting.data.column)}/{label}/class-{c}/seed-{seed}"
+    return f"{NAME}/image_table/{id_part(setting.data.column)}/{label}/class-{c}/seed-{seed}"
 
 
 def _image_cell(setting: ImageSetting, label: str, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
@@ -197,7 +191,7 @@ def _mean(metrics: Sequence[Mapping[str, float]], key: str) -> float:
 
 # --------------------------------------------------------------------------------------------- C-MemAE
 def _prefix(setting: ConditionalSetting) -> str:
-    return f"{NAME}/conditional/{_id_part(setting.data.column)}"
+    return f"{NAME}/conditional/{id_part(setting.data.column)}"
 
 
 def single_cell_id(setting: ConditionalSetting, c: int, seed: int) -> str:

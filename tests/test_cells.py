@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import folder_locations
 from common import runner
 from common.cells import Cell, RunContext, Settings, cell_folder, check_cell_id, checked_cells, read_cell_result
 from common.errors import DataError, UsageError
+from common.files import FileLock
 from tests.helpers import toy_paper
 
 TOY = toy_paper.PAPER
@@ -45,7 +48,7 @@ def _context(run_dir: Path, run_plan: runner.Plan) -> RunContext:
 def _run(run_dir: Path, cells: list[Cell] | None = None, settings: Settings | None = None) -> runner.Outcome:
     run_plan = _plan(settings)
     runner.open_run_folder(run_plan, run_dir)
-    return runner.run_plan(run_plan, list(run_plan.cells) if cells is None else cells, _context(run_dir, run_plan),
+    return runner.run_cells(run_plan, list(run_plan.cells) if cells is None else cells, _context(run_dir, run_plan),
                            log=lambda line: None)  # fmt: skip
 
 
@@ -170,7 +173,7 @@ def test_a_cell_returning_something_else_than_named_values_writes_nothing(tmp_pa
     broken = Cell("toy/table1/pretrain/seed-0", lambda context: [1.0])
     run_plan = runner.Plan(TOY, TOY.experiment("table1"), Settings(), _plan().config, (broken,))
     with pytest.raises(TypeError, match="returned list, not a mapping"):
-        runner.run_plan(run_plan, [broken], _context(tmp_path, run_plan), log=lambda line: None)
+        runner.run_cells(run_plan, [broken], _context(tmp_path, run_plan), log=lambda line: None)
     assert not (cell_folder(tmp_path, broken.id) / "result.json").exists()
 
 
@@ -196,27 +199,42 @@ def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 60) -> Non
         time.sleep(0.02)
 
 
-def test_two_concurrent_resumes_share_the_cells_and_end_with_the_table_of_one(tmp_path):
+def _two_processes(tmp_path: Path, first_args: list[str], first_line_of_second: Callable[[Path], str]) -> None:
+    """Start a run, then a second process on its folder while the first holds its first cell; the second's first
+    line must be ``first_line_of_second``. Both must finish cleanly, each cell run once, with one run's table."""
     hook = tmp_path / "go"
-    args = ["--output", str(tmp_path / "runs"), "--run-name", "r"]
-    first = _start_toy(args, hook)
+    first = _start_toy(["--output", str(tmp_path / "runs"), "--run-name", "r", *first_args], hook)
     _wait_for(Path(f"{hook}.started"), first)  # the first process is inside its first cell, holding its lock
     run_dir = tmp_path / "runs/toy/table1/r"
     assert runner.cell_state(run_dir, _plan().by_id["toy/table1/pretrain/seed-0"]) == "running"
     second = _start_toy(["--resume", str(run_dir)], hook)
-    waiting = second.stdout.readline()  # the second process meets the locked cell, which its later cells need
-    assert waiting.startswith("toy/table1/pretrain/seed-0: running in another process (pid ")
-    assert waiting.rstrip().endswith("waiting for it, a later cell needs it")
+    line = second.stdout.readline()
+    assert line.rstrip() == first_line_of_second(run_dir)
     hook.touch()
     outputs = [process.communicate(timeout=120) for process in (first, second)]
+    outputs[1] = (line + outputs[1][0], outputs[1][1])
     assert [process.returncode for process in (first, second)] == [0, 0], outputs
     assert all("Traceback" not in err for _, err in outputs)
-    ran = [line for out, _ in outputs for line in out.splitlines() if line.startswith("[")]
-    assert len(ran) == len(_plan().cells), "every cell ran exactly once over the two processes"
+    ran = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("[")]
+    settings = runner.read_recorded_run(run_dir).settings
+    assert sorted(ran) == sorted(cell.id for cell in _plan(settings).cells), "every cell ran once in all"
     alone = tmp_path / "alone"
-    _run(alone)
-    rows = json.loads((run_dir / "results.json").read_text())["rows"]
-    assert rows == json.loads((alone / "results.json").read_text())["rows"]
+    _run(alone, settings=settings)
+    assert json.loads((run_dir / "results.json").read_text()) == json.loads((alone / "results.json").read_text())
+
+
+def test_a_second_process_takes_another_cell_rather_than_wait(tmp_path):
+    # Two resumes (or two shards) of one run: the second starts the other seed's pretraining at once.
+    _two_processes(tmp_path, [], lambda run_dir: "[1/6] toy/table1/pretrain/seed-1")
+
+
+def test_a_second_process_waits_for_a_prerequisite_another_process_is_running(tmp_path):
+    def waiting(run_dir: Path) -> str:
+        holder = (run_dir / "pretrain/seed-0/.lock").read_text().strip()
+        waits = "waiting for it, a cell here needs it"
+        return f"toy/table1/pretrain/seed-0: running in another process ({holder}); {waits}"
+
+    _two_processes(tmp_path, ["--seeds", "0"], waiting)
 
 
 def test_a_lock_left_by_a_killed_process_does_not_block_the_next_run(tmp_path):
@@ -235,12 +253,12 @@ def test_a_lock_left_by_a_killed_process_does_not_block_the_next_run(tmp_path):
 
 def test_a_cell_locked_elsewhere_that_nothing_here_needs_is_left_to_its_process(tmp_path):
     run_plan = _plan()
-    held = runner.CellLock(cell_folder(tmp_path, "toy/table1/beta/seed-1"))
+    held = runner.cell_lock(tmp_path, "toy/table1/beta/seed-1")
     assert held.acquire()  # flock conflicts between two open files, in one process as across processes
     try:
         lines: list[str] = []
         runner.open_run_folder(run_plan, tmp_path)
-        outcome = runner.run_plan(run_plan, list(run_plan.cells), _context(tmp_path, run_plan), log=lines.append)
+        outcome = runner.run_cells(run_plan, list(run_plan.cells), _context(tmp_path, run_plan), log=lines.append)
     finally:
         held.release()
     assert outcome.running_elsewhere == ("toy/table1/beta/seed-1",)
@@ -250,3 +268,21 @@ def test_a_cell_locked_elsewhere_that_nothing_here_needs_is_left_to_its_process(
         f"{held.holder().split(' since ')[1]}); left to it"
     ]
     assert runner.cell_state(tmp_path, run_plan.by_id["toy/table1/beta/seed-1"]) == "pending"
+
+
+def test_a_file_lock_as_context_waits_for_its_holder(tmp_path):
+    held, order = FileLock(tmp_path / "x.lock"), []
+    assert held.acquire()
+
+    def second() -> None:
+        with FileLock(tmp_path / "x.lock"):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive() and order == [], "the second holder must wait"
+    order.append("first")
+    held.release()
+    thread.join(10)
+    assert order == ["first", "second"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -225,7 +226,7 @@ def test_resume_continues_from_the_features_files(tmp_path, monkeypatch: pytest.
     run = tmp_path / "runs" / "gaussian_ad" / "table2" / "r"
     fit_result = run / "grid" / "efficientnet-lite0" / "mvg" / "result.json"
     assert (run / "features/efficientnet-lite0/grid/features.pt").is_file() and not fit_result.exists()
-    monkeypatch.setattr(data, "_FEATURES", {})  # a new process: nothing in memory
+    monkeypatch.setattr(data, "_FEATURES", OrderedDict())  # a new process: nothing in memory
 
     def no_extraction(*args: object, **kwargs: object) -> None:
         raise AssertionError("features were extracted or read again")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -158,7 +159,7 @@ def synthetic_resnet18(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.save(_torchvision_state("resnet18", torch.Generator().manual_seed(2)), path)
     monkeypatch.setattr(data, "pretrained_resnet", lambda name: pretrained_resnet(name, path))
     monkeypatch.setattr(data, "_BACKBONES", {})
-    monkeypatch.setattr(data, "_FEATURES", {})
+    monkeypatch.setattr(data, "_FEATURES", OrderedDict())
 
 
 def test_gaussian_protocol_on_resnet_features(tmp_path, monkeypatch: pytest.MonkeyPatch, synthetic_resnet18) -> None:

@@ -92,14 +92,15 @@ def paper_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 def test_paper_tiny_images_are_the_subset_split_by_chunk(paper_files: Path, tmp_path: Path) -> None:
     subset_indices = np.load(tmp_path / "tiny" / "tiny_subset_indices.npy")
-    train, test = tiny_images(SMALL_PAPER, tmp_path / "unused", SEED)
+    train, test = (tiny_images(SMALL_PAPER, tmp_path / "unused", SEED, split) for split in ("train", "test"))
     assert train.shape == (4 * CHUNK_SIZE, 3, 32, 32) and test.shape == (CHUNK_SIZE, 3, 32, 32)
     assert train.is_contiguous() and test.is_contiguous()
     indices = [decode_tiny_index(image.permute(1, 2, 0).numpy()) for image in torch.cat([train, test])]
     assert sorted(indices) == sorted(subset_indices.tolist())  # every subset image once, the right way round
     chunks = [{index // CHUNK_SIZE for index in part} for part in (indices[: len(train)], indices[len(train) :])]
     assert not chunks[0] & chunks[1] and len(chunks[1]) == 1  # 80/20 by whole chunks of the binary
-    grey_train, grey_test = tiny_images(config.grey_config(SMALL_PAPER), tmp_path / "unused", SEED)
+    grey = config.grey_config(SMALL_PAPER)
+    grey_train, grey_test = (tiny_images(grey, tmp_path / "unused", SEED, split) for split in ("train", "test"))
     luma = (train.double() * torch.tensor([0.2989, 0.5870, 0.1140])[None, :, None, None]).sum(1, keepdim=True)
     assert grey_train.shape == (len(train), 1, 32, 32) and len(grey_test) == len(test)
     assert (grey_train.double() - luma).abs().max() <= 0.5 + 1e-6

@@ -175,3 +175,43 @@ def test_download_reports_manual_datasets_and_unknown_names(tmp_path, capsys):
     assert main.main(["download", "imagenet-42"]) == 2
     assert "unknown dataset(s) imagenet-42" in capsys.readouterr().err
     assert main.main(["download", "digits", "--root", str(tmp_path)]) == 0
+
+
+def test_all_checks_every_paper_before_running_any(toy, monkeypatch, capsys):
+    strict = main.PaperModule("tests.helpers.strict_paper", "Strict et al.")
+    monkeypatch.setitem(main.PAPER_MODULES, "strict", strict)
+    assert main.main(["all", "--epochs", "2"]) == 2
+    assert "strict trains nothing: --epochs does not apply" in capsys.readouterr().err
+    assert not toy.exists(), "the toy paper, first in line, must not have run"
+
+
+def test_list_cells_honours_cells_and_shard_and_checks_a_named_run(toy, capsys):
+    assert main.main(["toy", "--list-cells", "--cells", "toy/table1/beta/*", "--run-name", "r", "--shard", "2/2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["toy/table1/beta/seed-1  pending  needs toy/table1/pretrain/seed-1"]
+    assert main.main(["toy", "--run-name", "r", "--epochs", "2", "--cells", "toy/table1/pretrain/seed-0"]) == 0
+    capsys.readouterr()
+    assert main.main(["toy", "--run-name", "r", "--list-cells"]) == 2  # the run has 2 epochs, the listing 3
+    assert "was started with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "0", "0"], "seeds must differ, got 0 0"),
+        (["--resume", "x", "--run-name", "y"], "--resume and --run-name both name the run folder"),
+    ],
+)
+def test_contradictory_options_give_one_line(toy, capsys, args, message):
+    assert main.main(["toy", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_keeps_runs_of_each_scale_apart(toy, capsys):
+    assert main.main(["toy", "table1", "--run-name", "demo-run"]) == 0
+    assert main.main(["toy", "table1", "--scale", "paper", "--run-name", "paper-run"]) == 0  # newer, other scale
+    capsys.readouterr()
+    assert main.main(["report"]) == 0
+    out = capsys.readouterr().out
+    for run in ("demo-run", "paper-run"):
+        assert f"(run folder: {toy / 'toy/table1' / run})" in out
