@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import folder_locations
 import main
 from tests.helpers import toy_paper
 
@@ -215,3 +219,19 @@ def test_report_keeps_runs_of_each_scale_apart(toy, capsys):
     out = capsys.readouterr().out
     for run in ("demo-run", "paper-run"):
         assert f"(run folder: {toy / 'toy/table1' / run})" in out
+
+
+def test_cell_ids_of_every_paper_are_the_same_in_another_process(tmp_path):
+    """Ids must not depend on anything a process draws (hash seeds, dict order of sets): compare two processes."""
+
+    def listing(hash_seed: str) -> str:
+        code = "import main\nfor name in main.PAPER_MODULES: print(main.list_paper_cells(name))"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OOD_REPRO_DATA": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-c", code], cwd=folder_locations.REPOSITORY, env=env,
+                              capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+        return done.stdout
+
+    first = listing("1")
+    assert first == listing("2")
+    ids = [line.split()[0] for line in first.splitlines()]
+    assert len(ids) == len(set(ids)) and {i.split("/")[0] for i in ids} == set(main.PAPER_MODULES)
