@@ -23,13 +23,14 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import folder_locations
 from common.cells import SCALES, Cell, Paper, RunContext, Settings
 from common.errors import DataError, UsageError
+from common.launchers import SlurmOptions
 from common.results import ResultRow, render_markdown
 from common.run import CONFIG_FILE
 from common.runner import Plan
@@ -49,6 +50,7 @@ PAPER_MODULES = {
     "memae": PaperModule("memae.experiments", "Gong et al., ICCV 2019: MemAE, and C-MemAE"),
 }
 """The four papers in run order; a package is imported only when its paper is used."""
+LAUNCHERS = ("serial", "local", "slurm")
 
 
 def get_paper(name: str) -> Paper:
@@ -71,6 +73,8 @@ class RunOptions:
     the run's recorded values with ``resume``; given with ``resume``, they must equal the recorded ones.
     ``cells`` are shell-style patterns on cell ids, ``shard`` is "I/N"; ``run_name`` names the run folder
     ``<output>/<paper>/<experiment>/<run_name>`` (new or existing), so several processes can share it.
+    ``launcher`` runs the cells one after another here ("serial"), in ``max_parallel`` local processes ("local";
+    default: one per GPU, or one) or as Slurm jobs ("slurm", with ``slurm``'s partition, GPUs, CPUs and time).
     """
 
     scale: str | None = None
@@ -83,6 +87,9 @@ class RunOptions:
     shard: str | None = None
     device: str = "auto"
     progress: bool = True
+    launcher: str = "serial"
+    max_parallel: int | None = None
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
     def __post_init__(self) -> None:
         for name in ("resume", "output"):  # the Python API may pass text
@@ -159,28 +166,58 @@ def prepare(name: str, experiments: Sequence[str] = (), options: RunOptions | No
 
 
 def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
-    """Run the chosen cells of each experiment of ``job``; print and return the tables that are complete."""
-    from common import runner
+    """Run the chosen cells of each experiment of ``job`` with ``options.launcher``; print and return the tables
+    that are complete (none for Slurm, whose jobs run later: ``report`` assembles them)."""
+    from common import launchers, runner
 
+    if options.launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher {options.launcher}: expected one of {', '.join(LAUNCHERS)}")
     device = _device(options.device)
-    rows: list[ResultRow] = []
+    batches = []
     for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True):
-        if not cells:
-            continue
-        run_dir = folder or _run_folder(run_plan, options)
-        runner.open_run_folder(run_plan, run_dir)
+        if cells:
+            run_dir = folder or _run_folder(run_plan, options)
+            runner.open_run_folder(run_plan, run_dir)
+            batches.append(launchers.Batch(run_plan, cells, run_dir))
+    if options.launcher == "slurm":
+        for batch in batches:
+            _submit(batch, options.slurm)
+        return []
+    if options.launcher == "local":
+        modules = {name: entry.module for name, entry in PAPER_MODULES.items()}
+        parallel = options.max_parallel or max(1, len(set(launchers.gpu_slots(64, options.device)) - {None}))
+        launchers.run_local(batches, modules, parallel, options.device, print)
+        return [row for b in batches for row in _print_outcome(b.plan, b.run_dir, runner.assemble(b.plan, b.run_dir))]
+    rows: list[ResultRow] = []
+    for batch in batches:
         context = RunContext(
-            paper=run_plan.paper.name,
-            experiment=run_plan.experiment.name,
-            settings=run_plan.settings,
-            config=run_plan.config,
-            run_dir=run_dir,
+            paper=batch.plan.paper.name,
+            experiment=batch.plan.experiment.name,
+            settings=batch.plan.settings,
+            config=batch.plan.config,
+            run_dir=batch.run_dir,
             device=device,
             progress=options.progress,
         )
-        outcome = runner.run_cells(run_plan, cells, context)
-        rows.extend(_print_outcome(run_plan, run_dir, outcome))
+        outcome = runner.run_cells(batch.plan, batch.cells, context)
+        rows += _print_outcome(batch.plan, batch.run_dir, outcome.rows, len(outcome.running_elsewhere))
     return rows
+
+
+def _submit(batch, slurm: SlurmOptions) -> None:
+    from common import launchers
+
+    folder = batch.run_dir / "slurm"
+    submitted = launchers.submit_slurm([batch], slurm, folder, print)
+    if not submitted:
+        print(f"{batch.plan.paper.name}/{batch.plan.experiment.name}: every chosen cell has finished already")
+        return
+    print(
+        f"{len(submitted)} cell(s) of {batch.plan.paper.name}/{batch.plan.experiment.name} submitted; watch them with "
+        f"`squeue --me`, their logs are in {folder}, {folder / 'jobs.tsv'} has the command that re-runs each cell "
+        f"by hand, and `python main.py report --runs {batch.run_dir}` prints the table once they have finished",
+        flush=True,
+    )
 
 
 def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> list[ResultRow]:
@@ -217,18 +254,19 @@ def _run_folder(run_plan, options: RunOptions) -> Path:
         raise UsageError(f"--run-name: {error}") from None
 
 
-def _print_outcome(run_plan, run_dir: Path, outcome) -> list[ResultRow]:
+def _print_outcome(run_plan, run_dir: Path, rows: list[ResultRow] | None, elsewhere: int = 0) -> list[ResultRow]:
     from common import runner
 
-    if outcome.rows is not None:
-        print(render_markdown(outcome.rows), flush=True)
+    if rows is not None:
+        print(render_markdown(rows), flush=True)
         print(f"\n(results, tensorboard logs and checkpoints in {run_dir})\n", flush=True)
-        return outcome.rows
+        return rows
     left = runner.pending(run_plan, run_dir)
+    running = f" ({elsewhere} running in other processes)" if elsewhere else ""
     print(
         f"{run_plan.paper.name}/{run_plan.experiment.name}: {len(run_plan.cells) - len(left)} of "
-        f"{len(run_plan.cells)} cells finished in {run_dir} ({len(outcome.running_elsewhere)} running in other "
-        f"processes); `python main.py report --runs {run_dir}` assembles the table once all are",
+        f"{len(run_plan.cells)} cells finished in {run_dir}{running}; `python main.py report --runs {run_dir}` "
+        "assembles the table once all are",
         flush=True,
     )
     return []
@@ -370,6 +408,13 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
     )
     parser.add_argument("--shard", metavar="I/N", help="run the I-th of N parts of the cells (needs --run-name)")
     parser.add_argument("--list-cells", action="store_true", help="print the cells, their state and needs; run none")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="serial", help="cells one by one here, local, Slurm")
+    parser.add_argument("--max-parallel", type=int, metavar="K", help="--launcher local: processes (default #GPUs, 1)")
+    slurm = parser.add_argument_group("--launcher slurm (one job per cell, through submitit)")
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--gpus-per-cell", type=int, default=1, metavar="G", help="GPUs per job (default 1)")
+    slurm.add_argument("--cpus-per-cell", type=int, default=8, metavar="C", help="CPUs per job (default 8)")
+    slurm.add_argument("--time", type=int, default=24 * 60, metavar="MINUTES", help="time limit per job (default 1440)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,7 +450,19 @@ def _options(args: argparse.Namespace) -> RunOptions:
         shard=getattr(args, "shard", None),
         device=args.device,
         progress=not args.no_progress,
+        launcher=getattr(args, "launcher", "serial"),
+        max_parallel=getattr(args, "max_parallel", None),
+        slurm=_slurm_options(args),
     )
+
+
+def _slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    if not hasattr(args, "partition"):
+        return SlurmOptions()
+    return SlurmOptions(
+        partition=args.partition, gpus_per_cell=args.gpus_per_cell, cpus_per_cell=args.cpus_per_cell,
+        time_minutes=args.time,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,12 @@ class DataError(ValueError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = Path(path)
+        self._arguments: tuple = (path, problem)
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from the constructor's own arguments (a cell's error travels from a worker process as a pickle).
+        return type(self), self._arguments
 
 
 class MissingDataError(DataError, FileNotFoundError):
@@ -22,6 +27,7 @@ class MissingDataError(DataError, FileNotFoundError):
     def __init__(self, path: str | Path, how_to_get: str = "") -> None:
         hint = f" {how_to_get}" if how_to_get else ""
         super().__init__(path, f"file not found.{hint}")
+        self._arguments = (path, how_to_get)
 
 
 class DownloadError(DataError):

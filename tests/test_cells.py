@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import torch
 import folder_locations
 from common import runner
 from common.cells import Cell, RunContext, Settings, cell_folder, check_cell_id, checked_cells, read_cell_result
-from common.errors import DataError, UsageError
+from common.errors import DataError, MissingDataError, UsageError
 from common.files import FileLock
 from tests.helpers import toy_paper
 
@@ -286,3 +287,13 @@ def test_a_file_lock_as_context_waits_for_its_holder(tmp_path):
     held.release()
     thread.join(10)
     assert order == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [DataError("a/b.bin", "truncated"), MissingDataError("c.mat", "Download it."), UsageError("--x 3: no")],
+)
+def test_errors_survive_a_pickle_round_trip(error):
+    # A cell's error reaches the launcher from a worker process as a pickle.
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error)
