@@ -21,11 +21,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
+
+import ignite.distributed as idist
 
 import folder_locations
 from common.cells import SCALES, Cell, Paper, RunContext, Settings
@@ -75,6 +79,8 @@ class RunOptions:
     ``<output>/<paper>/<experiment>/<run_name>`` (new or existing), so several processes can share it.
     ``launcher`` runs the cells one after another here ("serial"), in ``max_parallel`` local processes ("local";
     default: one per GPU, or one) or as Slurm jobs ("slurm", with ``slurm``'s partition, GPUs, CPUs and time).
+    ``nproc_per_node`` > 1 trains each cell data-parallel over that many processes (``backend`` "gloo" or "nccl",
+    default nccl with GPUs), for the experiments that train one long model; under torchrun the group is its own.
     """
 
     scale: str | None = None
@@ -90,6 +96,8 @@ class RunOptions:
     launcher: str = "serial"
     max_parallel: int | None = None
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    nproc_per_node: int | None = None
+    backend: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("resume", "output"):  # the Python API may pass text
@@ -115,6 +123,8 @@ class RunOptions:
 class Job:
     """What one command runs of a paper: per experiment its plan, the cells chosen and its run folder."""
 
+    paper: str
+    experiments: tuple[str, ...]  # as asked (empty: every experiment at the scale)
     plans: tuple[Plan, ...]
     selections: tuple[tuple[Cell, ...], ...]
     folders: tuple[Path | None, ...]  # None: a new run folder is made when the experiment has cells to run
@@ -162,7 +172,7 @@ def prepare(name: str, experiments: Sequence[str] = (), options: RunOptions | No
                 folder = named
         folders.append(folder)
     selections = tuple(tuple(cells) for cells in runner.select(plans, options.cells, shard))
-    return Job(plans, selections, tuple(folders))
+    return Job(name, tuple(experiments), plans, selections, tuple(folders))
 
 
 def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
@@ -172,6 +182,9 @@ def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
 
     if options.launcher not in LAUNCHERS:
         raise UsageError(f"--launcher {options.launcher}: expected one of {', '.join(LAUNCHERS)}")
+    group = _process_group(job, options)
+    if group is not None:
+        return _run_data_parallel(job, options, *group)
     device = _device(options.device)
     batches = []
     for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True):
@@ -200,14 +213,72 @@ def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
             progress=options.progress,
         )
         outcome = runner.run_cells(batch.plan, batch.cells, context)
-        rows += _print_outcome(batch.plan, batch.run_dir, outcome.rows, len(outcome.running_elsewhere))
+        if idist.get_rank() == 0:
+            rows += _print_outcome(batch.plan, batch.run_dir, outcome.rows, len(outcome.running_elsewhere))
     return rows
+
+
+def _process_group(job: Job, options: RunOptions) -> tuple[int | None, str] | None:
+    """(processes to spawn or None under torchrun, backend) when the cells are to run data-parallel and this
+    process is not in a process group yet; None otherwise."""
+    import torch
+
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+    if idist.get_world_size() > 1 or not (under_torchrun or (options.nproc_per_node or 1) > 1):
+        return None
+    single = [f"{p.paper.name}/{p.experiment.name}" for p in job.plans if not p.experiment.data_parallel]
+    if single:
+        raise UsageError(
+            f"{', '.join(single)} trains many small models, not one long one: data-parallel processes "
+            "(--nproc-per-node, torchrun) are for invglow and mchad; run its cells side by side with --launcher local "
+            "--max-parallel K instead"
+        )
+    if options.launcher != "serial":
+        raise UsageError(
+            f"--nproc-per-node goes with the serial launcher, not --launcher {options.launcher} (on Slurm: "
+            "--gpus-per-cell G)"
+        )
+    backend = options.backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    return (None if under_torchrun else options.nproc_per_node), backend
+
+
+def _run_data_parallel(job: Job, options: RunOptions, nproc_per_node: int | None, backend: str) -> list[ResultRow]:
+    """Run the job's cells in a process group: ``nproc_per_node`` spawned processes, or this torchrun rank."""
+    from common import runner
+    from common.launch import launch
+
+    if options.resume is None and options.run_name is None:  # every rank must write into the same new folder
+        options = replace(options, run_name=datetime.now().strftime("%Y%m%d-%H%M%S"))
+    try:
+        payload = (job.paper, job.experiments, PAPER_MODULES[job.paper], options)
+        launch(_data_parallel_worker, payload, nproc_per_node=nproc_per_node, backend=backend)
+    except ValueError as error:  # the backend or the number of processes cannot be had here
+        raise UsageError(f"--nproc-per-node {nproc_per_node} --backend {backend}: {error}") from None
+    if nproc_per_node is None and idist.get_rank() != 0:
+        return []
+    done = prepare(job.paper, job.experiments, options)
+    rows = [runner.assemble(p, f) for p, f in zip(done.plans, done.folders, strict=True) if f is not None]
+    return [row for table in rows if table for row in table]
+
+
+def _data_parallel_worker(local_rank: int, payload: tuple[str, tuple[str, ...], PaperModule, RunOptions]) -> None:
+    """One rank of :func:`_run_data_parallel`: the job's cells with every rank together (rank 0 prints)."""
+    paper, experiments, module, options = payload
+    PAPER_MODULES.setdefault(paper, module)  # a spawned process starts from the module's own table
+    run_job(prepare(paper, experiments, options), options)
 
 
 def _submit(batch, slurm: SlurmOptions) -> None:
     from common import launchers
 
-    folder = batch.run_dir / "slurm"
+    folder, experiment = batch.run_dir / "slurm", batch.plan.experiment
+    if slurm.gpus_per_cell > 1:  # one cell's training spread over the job's GPUs
+        if not experiment.data_parallel:
+            raise UsageError(
+                f"--gpus-per-cell {slurm.gpus_per_cell}: {batch.plan.paper.name}/{experiment.name} trains many small "
+                "models, one GPU each; several GPUs per cell are for invglow and mchad"
+            )
+        slurm = replace(slurm, extra_arguments=("--nproc-per-node", str(slurm.gpus_per_cell), "--backend", "nccl"))
     submitted = launchers.submit_slurm([batch], slurm, folder, print)
     if not submitted:
         print(f"{batch.plan.paper.name}/{batch.plan.experiment.name}: every chosen cell has finished already")
@@ -408,6 +479,10 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
     )
     parser.add_argument("--shard", metavar="I/N", help="run the I-th of N parts of the cells (needs --run-name)")
     parser.add_argument("--list-cells", action="store_true", help="print the cells, their state and needs; run none")
+    parser.add_argument(
+        "--nproc-per-node", type=int, metavar="N", help="train each cell data-parallel in N processes (invglow, mchad)"
+    )
+    parser.add_argument("--backend", choices=("gloo", "nccl"), help="with --nproc-per-node (default nccl on GPUs)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="serial", help="cells one by one here, local, Slurm")
     parser.add_argument("--max-parallel", type=int, metavar="K", help="--launcher local: processes (default #GPUs, 1)")
     slurm = parser.add_argument_group("--launcher slurm (one job per cell, through submitit)")
@@ -453,6 +528,8 @@ def _options(args: argparse.Namespace) -> RunOptions:
         launcher=getattr(args, "launcher", "serial"),
         max_parallel=getattr(args, "max_parallel", None),
         slurm=_slurm_options(args),
+        nproc_per_node=getattr(args, "nproc_per_node", None),
+        backend=getattr(args, "backend", None),
     )
 
 

@@ -212,6 +212,8 @@ class Experiment:
         table: the result rows, from the configuration and every cell's values by id.
         scales: the scales the experiment exists at.
         cpu_threads: torch intra-op threads for the cells on a CPU (None: torch's default).
+        data_parallel: whether its trainings run data-parallel over several processes (``--nproc-per-node``,
+            torchrun): each of its cells is then run by every rank together.
     """
 
     name: str
@@ -221,6 +223,7 @@ class Experiment:
     table: TableFunction
     scales: tuple[str, ...] = SCALES
     cpu_threads: Callable[[Any], int | None] = _no_threads
+    data_parallel: bool = False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
+
 from common.cells import (
     CELL_RESULT,
     Cell,
@@ -304,45 +306,69 @@ def run_cells(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_s
     a cell that another process is running and nothing here needs is left to it. Each cell runs bound to its
     folder, with the experiment's CPU threads, and writes its result file atomically.
 
+    Under data parallelism (several processes in an ``ignite.distributed`` group) the ranks run each cell together:
+    rank 0 chooses it, holds its lock and writes its result, and never waits for a cell another run is running (the
+    other ranks would wait in a collective that times out): it leaves it.
+
     Returns:
-        What ran here, what was left to other processes, and the table when every cell of the run is finished.
+        What ran here, what was left to other processes, and the table when every cell of the run is finished
+        (on rank 0; other ranks get no table).
     """
     run_dir = context.run_dir
+    distributed, lead = idist.get_world_size() > 1, idist.get_rank() == 0
     pending = [cell for cell in with_prerequisites(run_plan, cells, run_dir) if not is_finished(run_dir, cell.id)]
     total, ran = len(pending), []
     threads = run_plan.experiment.cpu_threads(run_plan.config) if context.device.type == "cpu" else None
-
-    def run(cell: Cell, lock: FileLock) -> None:
+    while True:
+        chosen, lock = _choose(run_dir, pending, wait=not distributed, log=log) if lead else (None, None)
+        cell_id = "" if chosen is None else chosen.id
+        if distributed:
+            cell_id = idist.broadcast(cell_id, src=0, safe_mode=True)
+        if not cell_id:
+            break
+        cell = run_plan.by_id[cell_id]
         try:
-            if not is_finished(run_dir, cell.id):  # another process may have finished it meanwhile
+            if lead:
                 log(f"[{len(ran) + 1}/{total}] {cell.id}")
-                started = time.perf_counter()
-                with torch_threads(threads):
-                    values = cell.run(context.for_cell(cell.id))
+            started = time.perf_counter()
+            with torch_threads(threads):
+                values = cell.run(context.for_cell(cell.id))
+            if lead:
                 _write_cell_result(run_dir, cell, values, time.perf_counter() - started)
-                ran.append(cell.id)
+                pending.remove(cell)
+            ran.append(cell.id)
+            if distributed:
+                idist.barrier()  # every rank is done with the cell before its lock goes
         finally:
-            lock.release()
-        pending.remove(cell)
+            if lock is not None:
+                lock.release()
+    if not lead:
+        return Outcome(tuple(ran), (), None)
+    return Outcome(tuple(ran), tuple(cell.id for cell in pending), assemble(run_plan, run_dir))
 
+
+def _choose(run_dir: Path, pending: list[Cell], wait: bool, log) -> tuple[Cell | None, FileLock | None]:
+    """The next cell to run and its lock, taken; (None, None) when nothing is left to this process."""
     while pending:
         ready = [cell for cell in pending if all(is_finished(run_dir, need) for need in cell.needs)]
-        taken = next((cell for cell in ready if (lock := _try_lock(run_dir, cell))), None)
-        if taken is not None:
-            run(taken, lock)
-            continue
-        needed = {need for cell in pending for need in cell.needs}
-        blocking = [cell for cell in ready if cell.id in needed]
-        if not blocking:  # what is left runs elsewhere and nothing here needs it
-            for cell in ready:
-                log(f"{cell.id}: running in another process ({cell_lock(run_dir, cell.id).holder()}); left to it")
-            break
-        lock = cell_lock(run_dir, blocking[0].id)
-        log(f"{blocking[0].id}: running in another process ({lock.holder()}); waiting for it, a cell here needs it")
-        lock.acquire(wait=True)
-        run(blocking[0], lock)
-    elsewhere = tuple(cell.id for cell in pending)
-    return Outcome(tuple(ran), elsewhere, assemble(run_plan, run_dir))
+        for cell in ready:
+            if (lock := _try_lock(run_dir, cell)) is not None:
+                break
+        else:
+            needed = {need for cell in pending for need in cell.needs}
+            blocking = [cell for cell in ready if cell.id in needed]
+            if not blocking or not wait:  # what is left runs elsewhere
+                for cell in ready:
+                    log(f"{cell.id}: running in another process ({cell_lock(run_dir, cell.id).holder()}); left to it")
+                return None, None
+            cell, lock = blocking[0], cell_lock(run_dir, blocking[0].id)
+            log(f"{cell.id}: running in another process ({lock.holder()}); waiting for it, a cell here needs it")
+            lock.acquire(wait=True)
+        if not is_finished(run_dir, cell.id):
+            return cell, lock
+        lock.release()  # another process finished it meanwhile
+        pending.remove(cell)
+    return None, None
 
 
 def _try_lock(run_dir: Path, cell: Cell) -> FileLock | None:

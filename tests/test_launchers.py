@@ -77,14 +77,14 @@ def fake_slurm(tmp_path, monkeypatch):
 def test_slurm_submits_unfinished_cells_in_stages_that_wait_for_the_stage_before(toy, fake_slurm, capsys):
     common = ["toy", "--output", str(toy), "--run-name", "r"]
     assert main.main([*common, "--cells", "toy/table1/pretrain/seed-0"]) == 0  # one finished prerequisite
-    args = [*common, "--launcher", "slurm", "--partition", "gpu", "--gpus-per-cell", "2", "--time", "90"]
+    args = [*common, "--launcher", "slurm", "--partition", "gpu", "--gpus-per-cell", "1", "--time", "90"]
     assert main.main(args) == 0
     out = capsys.readouterr().out
     assert "stage 0: 3 cell(s) submitted as job(s) 101" in out and "stage 1: 2 cell(s) submitted as job(s) 102" in out
     first, second = ((fake_slurm / f"sbatch-{n}.sh").read_text() for n in (101, 102))
     assert "#SBATCH --dependency" not in first and "#SBATCH --array=0-2%3" in first
     assert "#SBATCH --dependency=afterok:101" in second and "#SBATCH --array=0-1%2" in second
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --time=90"):
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=90"):
         assert line in first and line in second
     run = toy / "toy/table1/r"
     jobs = [line.split("\t") for line in (run / "slurm/jobs.tsv").read_text().splitlines()[1:]]
@@ -97,6 +97,16 @@ def test_slurm_submits_unfinished_cells_in_stages_that_wait_for_the_stage_before
     ]
     assert jobs[3][2].endswith(f"main.py toy table1 --resume {run} --cells toy/table1/alpha/seed-1 --no-progress")
     assert not toy_paper.CALLS[1:], "submitting runs nothing here"
+
+
+def test_slurm_spreads_a_data_parallel_cell_over_its_gpus_and_refuses_it_elsewhere(toy, fake_slurm, capsys):
+    args = ["--output", str(toy), "--run-name", "r", "--launcher", "slurm", "--gpus-per-cell", "4"]
+    assert main.main(["toy", *args, "--cells", "toy/table1/pretrain/seed-0"]) == 0
+    command = (toy / "toy/table1/r/slurm/jobs.tsv").read_text().splitlines()[1]
+    assert command.endswith("--no-progress --nproc-per-node 4 --backend nccl")
+    assert "#SBATCH --gpus-per-node=4" in (fake_slurm / "sbatch-101.sh").read_text()
+    assert main.main(["memae", *args]) == 2
+    assert "--gpus-per-cell 4: memae/image_table trains many small models" in capsys.readouterr().err
 
 
 def test_slurm_without_sbatch_is_one_line(toy, monkeypatch, tmp_path, capsys):
@@ -138,3 +148,30 @@ def test_demo_cells_in_two_local_processes_give_the_serial_results_bit_for_bit(t
     assert serial.keys() == pool.keys() and len(serial) > 1
     for name in serial:
         assert json.loads(pool[name].read_text())["values"] == json.loads(serial[name].read_text())["values"], name
+
+
+def test_data_parallel_cells_run_by_two_gloo_ranks_give_the_serial_table(toy, capsys):
+    assert main.main(["toy", "--output", str(toy), "--run-name", "one"]) == 0
+    two_ranks = ["--run-name", "two", "--nproc-per-node", "2", "--backend", "gloo"]
+    assert main.main(["toy", "--output", str(toy), *two_ranks]) == 0
+    two = toy / "toy/table1/two"
+    assert _rows(two) == _rows(toy / "toy/table1/one")
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    results = [json.loads(path.read_text()) for path in two.rglob("result.json")]
+    assert len(results) == 6, "each cell's result is written once, by rank 0"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["memae", "--nproc-per-node", "2"], "memae/image_table, memae/conditional trains many small models"),
+        (["toy", "--nproc-per-node", "2", "--launcher", "local"], "--nproc-per-node goes with the serial launcher"),
+        (["toy", "--nproc-per-node", "2", "--backend", "nccl"], "--nproc-per-node 2 --backend nccl: "),
+    ],
+)
+def test_data_parallel_is_refused_where_it_does_not_apply(toy, monkeypatch, capsys, args, message):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # nccl needs GPUs
+    assert main.main([*args, "--output", str(toy)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not toy.exists()

@@ -96,7 +96,7 @@ PAPER = Paper(
     "toy",
     "Toy et al. 2024",
     (
-        Experiment("table1", "the toy table", configure, cells, table),
+        Experiment("table1", "the toy table", configure, cells, table, data_parallel=True),
         Experiment("table9", "needs the real data", configure, _paper_only_cells, lambda c, r: [], scales=("paper",)),
     ),
 )
