@@ -411,7 +411,11 @@ def report(runs: Path | None = None, paper: str | None = None) -> str:
         recorded = newest[key][1]
         owner = get_paper(recorded.paper)
         run_plan = runner.plan(owner, _experiment(owner, recorded.experiment), recorded.settings)
-        rows = runner.assemble(run_plan, recorded.folder)
+        try:
+            rows = runner.assemble(run_plan, recorded.folder)
+        except DataError as error:  # one damaged cell result: say so and go on with the other runs
+            blocks.append(f"{key[0]}/{key[1]} ({recorded.folder}): not assembled, {error}")
+            continue
         if rows is None:
             left = len(runner.pending(run_plan, recorded.folder))
             blocks.append(

@@ -235,3 +235,14 @@ def test_cell_ids_of_every_paper_are_the_same_in_another_process(tmp_path):
     assert first == listing("2")
     ids = [line.split()[0] for line in first.splitlines()]
     assert len(ids) == len(set(ids)) and {i.split("/")[0] for i in ids} == set(main.PAPER_MODULES)
+
+
+def test_report_names_a_damaged_cell_result_and_goes_on_with_the_other_runs(toy, capsys):
+    assert main.main(["toy", "table1", "--run-name", "good"]) == 0
+    assert main.main(["toy", "table1", "--scale", "paper", "--run-name", "damaged"]) == 0
+    (toy / "toy/table1/damaged/alpha/seed-1/result.json").write_text("{not json")
+    capsys.readouterr()
+    assert main.main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert "toy/table1 (" in out and "alpha/seed-1/result.json: not a cell result written by this suite" in out
+    assert f"(run folder: {toy / 'toy/table1/good'})" in out
