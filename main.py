@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,8 @@ PAPER_MODULES = {
 }
 """The four papers in run order; a package is imported only when its paper is used."""
 LAUNCHERS = ("serial", "local", "slurm")
+OPENED_RUNS: list[tuple[str, Path]] = []
+"""(paper, run folder) of every run this process has opened, for the resume command after Ctrl-C."""
 
 
 def get_paper(name: str) -> Paper:
@@ -192,6 +195,7 @@ def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
             run_dir = folder or _run_folder(run_plan, options)
             runner.open_run_folder(run_plan, run_dir)
             batches.append(launchers.Batch(run_plan, cells, run_dir))
+            OPENED_RUNS.append((run_plan.paper.name, run_dir))
     if options.launcher == "slurm":
         for batch in batches:
             _submit(batch, options.slurm)
@@ -499,6 +503,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per paper plus all, list, report and download."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the engines' log lines (Ignite's INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_options(commands.add_parser("all", help="every paper (the default command)"), cells=False)
     commands.add_parser("list", help="papers, experiments, scales and datasets")
@@ -550,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python main.py``; returns the process exit code (2: a usage or data error, one line)."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     command = args.command or "all"
+    logging.getLogger("ignite").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    OPENED_RUNS.clear()
     try:
         if command == "list":
             print(list_everything())
@@ -569,6 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        commands = "; ".join(f"python main.py {paper} --resume {run}" for paper, run in dict.fromkeys(OPENED_RUNS))
+        print(f"\ninterrupted{'; continue with: ' + commands if commands else ''}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -246,3 +247,23 @@ def test_report_names_a_damaged_cell_result_and_goes_on_with_the_other_runs(toy,
     out = capsys.readouterr().out
     assert "toy/table1 (" in out and "alpha/seed-1/result.json: not a cell result written by this suite" in out
     assert f"(run folder: {toy / 'toy/table1/good'})" in out
+
+
+def test_ctrl_c_names_the_command_that_continues_the_run(toy, monkeypatch, capsys):
+    def interrupted(context):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy_paper, "_method", lambda *args: interrupted(args[-1]))
+    assert main.main(["toy", "--run-name", "r"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; continue with: python main.py toy --resume {toy / 'toy/table1/r'}" in err
+    assert "Traceback" not in err
+
+
+def test_engine_log_lines_are_hidden_unless_verbose(toy, monkeypatch):
+    ignite_logger = logging.getLogger("ignite")
+    monkeypatch.setattr(ignite_logger, "level", ignite_logger.level)  # restored after the test
+    assert main.main(["toy", "--cells", "toy/table1/pretrain/seed-0"]) == 0
+    assert logging.getLogger("ignite.engine.engine.Engine").getEffectiveLevel() == logging.WARNING
+    assert main.main(["-v", "toy", "--cells", "toy/table1/pretrain/seed-0"]) == 0
+    assert logging.getLogger("ignite.engine.engine.Engine").getEffectiveLevel() == logging.INFO
