@@ -327,6 +327,9 @@ def _run_folder(run_plan, options: RunOptions) -> Path:
         return create_run_dir(run_plan.paper.name, run_plan.experiment.name, options.output, options.run_name)
     except ValueError as error:
         raise UsageError(f"--run-name: {error}") from None
+    except (OSError, RuntimeError) as error:  # a file in the way, no permission, a full disk
+        root = options.output or folder_locations.runs_root()
+        raise UsageError(f"--output {root}: cannot make a run folder there ({error})") from None
 
 
 def _print_outcome(run_plan, run_dir: Path, rows: list[ResultRow] | None, elsewhere: int = 0) -> list[ResultRow]:

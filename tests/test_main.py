@@ -267,3 +267,11 @@ def test_engine_log_lines_are_hidden_unless_verbose(toy, monkeypatch):
     assert logging.getLogger("ignite.engine.engine.Engine").getEffectiveLevel() == logging.WARNING
     assert main.main(["-v", "toy", "--cells", "toy/table1/pretrain/seed-0"]) == 0
     assert logging.getLogger("ignite.engine.engine.Engine").getEffectiveLevel() == logging.INFO
+
+
+def test_an_output_that_is_a_file_is_one_line(toy, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main.main(["toy", "--output", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {blocker}: cannot make a run folder there" in err and len(err.strip().splitlines()) == 1
