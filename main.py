@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(list_paper_cells(command, args.experiments, _options(args)))
         else:
             run_paper(command, args.experiments, _options(args))
-    except (UsageError, DataError) as error:
+    except (UsageError, DataError, FloatingPointError) as error:  # FloatingPointError: a training went non-finite
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

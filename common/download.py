@@ -3,12 +3,18 @@
 ``download`` streams a URL to ``<destination>.part``, resumes that partial file with an HTTP Range request on
 the next call, verifies md5 / sha256 and only then renames it into place, so a destination that exists is
 always complete. ``extract`` unpacks tar and zip archives after refusing any member that could write outside
-the destination (absolute paths, ``..``, links, device files), staging everything in a temporary folder so an
-interrupted extraction leaves nothing half-written. Both serve datasets and pretrained weights alike.
+the destination (absolute paths, ``..``, links, device files) and any archive that would unpack to more than
+expected, staging everything in a hidden folder beside the destination. That folder is the extraction's
+journal: it exists from the first byte unpacked until the last top-level entry is moved into place, so an
+extraction killed at any point (even between the moves of a multi-folder archive) is seen by
+:func:`extraction_interrupted`, and the next extraction of the same archive removes it first. Both serve datasets
+and pretrained weights alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import lzma
@@ -22,7 +28,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
@@ -37,6 +43,10 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 # Python >= 3.10.12 / 3.11.4 ship tarfile extraction filters; "data" is a second line of defence behind our own
 # member checks (which are what protect older interpreters).
 _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+# Unpacked-size cap when the caller gives none: real image archives unpack to 1-2× their size; a "bomb" to 1000×.
+MAX_EXPANSION = 50
+MIN_UNPACKED_LIMIT = 64 << 20
+_STAGING_SUFFIX = ".extracting"
 
 
 def download(
@@ -104,38 +114,94 @@ def verify_checksum(path: str | Path, md5: str | None = None, sha256: str | None
         raise DataError(path, problem)
 
 
-def extract(archive: str | Path, destination: str | Path) -> list[Path]:
+def extract(archive: str | Path, destination: str | Path, *, max_bytes: int | None = None) -> list[Path]:
     """Unpack a tar (.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz) or .zip archive into folder ``destination``.
 
     Every member is checked before anything is written: absolute paths, ``..`` components, symbolic and hard
-    links and device / special files are refused. Members are unpacked into a temporary folder beside
-    ``destination`` and then moved in; a top-level entry already present in ``destination`` is replaced.
+    links and device / special files are refused, and so is an archive whose members add up to more than
+    ``max_bytes`` (each member is written up to its recorded size and no further) or than the free disk space.
+    Members are unpacked into the hidden folder ``.<destination>.<archive>.<random>.extracting`` beside
+    ``destination`` and then moved in; a top-level entry already present in ``destination`` is replaced. Two
+    processes extracting the same archive take turns (an ``flock`` on the archive); a staging folder left by a
+    killed extraction of this archive is removed first.
+
+    Args:
+        archive: the archive file.
+        destination: the folder receiving its top-level entries (created if needed).
+        max_bytes: the most the members may add up to; default ``MAX_EXPANSION`` × the archive's size, at least
+            ``MIN_UNPACKED_LIMIT``.
 
     Returns:
         The paths of the regular files now in ``destination``, in archive order.
 
     Raises:
         MissingDataError: ``archive`` does not exist.
-        DataError: the archive has an unknown suffix, is unreadable, or holds a refused member (named in the
-            message); nothing is extracted then.
+        DataError: the archive has an unknown suffix, is unreadable, holds a refused member (named in the
+            message) or too many bytes; nothing is extracted then.
     """
     archive, destination = Path(archive), Path(destination)
     if not archive.is_file():
         raise MissingDataError(archive)
     unpack = _archive_unpacker(archive)
+    if max_bytes is None:
+        max_bytes = max(MAX_EXPANSION * archive.stat().st_size, MIN_UNPACKED_LIMIT)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".extracting", dir=destination.parent))
-    try:
+    with _exclusive(archive):
+        for stale in _staging_folders(archive, destination):
+            shutil.rmtree(stale, ignore_errors=True)
+        prefix = f".{destination.name}.{archive.name}."
+        staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=_STAGING_SUFFIX, dir=destination.parent))
+        moving = False
         try:
-            names = unpack(archive, staging)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
-            raise DataError(archive, f"is not a readable archive ({error}); nothing was extracted") from error
-        destination.mkdir(exist_ok=True)
-        for entry in sorted(staging.iterdir()):
-            _replace(entry, destination / entry.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            try:
+                names = unpack(archive, staging, max_bytes)
+            except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
+                raise DataError(archive, f"is not a readable archive ({error}); nothing was extracted") from error
+            destination.mkdir(exist_ok=True)
+            moving = True
+            for entry in sorted(staging.iterdir()):
+                _replace(entry, destination / entry.name)
+            moving = False
+        finally:
+            if not moving:  # stopped among the moves (Ctrl-C): kept, it shows the moves did not finish
+                shutil.rmtree(staging, ignore_errors=True)
     return [destination.joinpath(*PurePosixPath(name).parts) for name in names]
+
+
+def extraction_interrupted(archive: str | Path, destination: str | Path) -> bool:
+    """Whether an extraction of ``archive`` into ``destination`` is unfinished: killed, or still running elsewhere.
+
+    True when a staging folder of that archive (or one of the older, archive-less kind) is beside ``destination``:
+    ``destination`` may then hold only part of the archive (a multi-folder archive moves its top-level entries one
+    at a time). Extracting again is then the safe answer: :func:`extract` waits for a running extraction of the
+    same archive, removes what a killed one left and unpacks everything.
+    """
+    return bool(_staging_folders(Path(archive), Path(destination)))
+
+
+def _staging_folders(archive: Path, destination: Path) -> list[Path]:
+    """Staging folders of ``archive`` beside ``destination``, and those without an archive name (older ones)."""
+    random = r"[a-z0-9_]{8}"
+    ours = re.compile(re.escape(f".{destination.name}.{archive.name}.") + random + re.escape(_STAGING_SUFFIX))
+    legacy = re.compile(re.escape(f".{destination.name}.") + random + re.escape(_STAGING_SUFFIX))
+    if not destination.parent.is_dir():
+        return []
+    return sorted(
+        entry
+        for entry in destination.parent.iterdir()
+        if (ours.fullmatch(entry.name) or legacy.fullmatch(entry.name)) and entry.is_dir() and not entry.is_symlink()
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(archive: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``archive`` (opened read-only, so the archive itself is never changed)."""
+    descriptor = os.open(archive, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _fetch_into_part(url: str, part: Path, destination: Path, *, progress: bool, timeout: float) -> None:
@@ -235,7 +301,7 @@ def _checksum_problem(path: Path, md5: str | None, sha256: str | None) -> str | 
     return f"{path.name}: checksum mismatch, {'; '.join(wrong)}" if wrong else None
 
 
-def _archive_unpacker(archive: Path) -> Callable[[Path, Path], list[str]]:
+def _archive_unpacker(archive: Path) -> Callable[[Path, Path, int], list[str]]:
     name = archive.name.lower()
     if name.endswith(TAR_SUFFIXES):
         return _unpack_tar
@@ -245,8 +311,11 @@ def _archive_unpacker(archive: Path) -> Callable[[Path, Path], list[str]]:
     raise DataError(archive, f"unknown archive type; expected a name ending in one of {known}")
 
 
-def _unpack_tar(archive: Path, staging: Path) -> list[str]:
-    """Check every member, then extract them all into ``staging``; returns the regular files' names."""
+def _unpack_tar(archive: Path, staging: Path, max_bytes: int) -> list[str]:
+    """Check every member, then extract them all into ``staging``; returns the regular files' names.
+
+    tarfile writes exactly a member's recorded size, so checking the recorded sizes caps what is written.
+    """
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
         for member in members:
@@ -256,12 +325,17 @@ def _unpack_tar(archive: Path, staging: Path) -> list[str]:
             elif problem is None and not (member.isfile() or member.isdir()):
                 problem = "is a device, FIFO or other special file"
             _refuse_if(problem, archive, member.name)
+        _check_unpacked_size(archive, staging, [(m.name, m.size) for m in members if m.isfile()], max_bytes)
         tar.extractall(staging, members=members, **_TAR_FILTER)
     return [member.name for member in members if member.isfile()]
 
 
-def _unpack_zip(archive: Path, staging: Path) -> list[str]:
-    """Check every member, then extract them all into ``staging``; returns the regular files' names."""
+def _unpack_zip(archive: Path, staging: Path, max_bytes: int) -> list[str]:
+    """Check every member, then extract them all into ``staging``; returns the regular files' names.
+
+    zipfile inflates a member up to its recorded size and no further (then checks its CRC), so checking the
+    recorded sizes caps what is written.
+    """
     with zipfile.ZipFile(archive) as zipped:
         members = zipped.infolist()
         for member in members:
@@ -272,8 +346,27 @@ def _unpack_zip(archive: Path, staging: Path) -> list[str]:
             elif problem is None and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 problem = "is a device, FIFO or other special file"
             _refuse_if(problem, archive, member.filename)
+        sizes = [(member.filename, member.file_size) for member in members if not member.is_dir()]
+        _check_unpacked_size(archive, staging, sizes, max_bytes)
         zipped.extractall(staging, members=members)
     return [member.filename for member in members if not member.is_dir()]
+
+
+def _check_unpacked_size(archive: Path, staging: Path, sizes: list[tuple[str, int]], max_bytes: int) -> None:
+    """Refuse (before anything is written) members adding up to more than ``max_bytes`` or the free disk space."""
+    total = sum(size for _, size in sizes)
+    if total > max_bytes:
+        largest = max(sizes, key=lambda item: item[1])
+        raise DataError(
+            archive,
+            f"its members unpack to {total:,} bytes (the largest, {largest[0]!r}, to {largest[1]:,}), more than "
+            f"the {max_bytes:,} expected: a damaged or hostile archive; nothing was extracted",
+        )
+    free = shutil.disk_usage(staging).free
+    if total > free:
+        raise DataError(
+            archive, f"unpacks to {total:,} bytes but only {free:,} are free on {staging.parent}; nothing was extracted"
+        )
 
 
 def _path_problem(name: str) -> str | None:

@@ -1,7 +1,13 @@
-"""Writing files so that a reader never sees half of one: write beside the target, then rename over it."""
+"""Writing files so that a reader never sees half of one: write beside the target, then rename over it.
+
+The atomic writers give the new file the mode an ordinary ``open`` would (``0o666`` less the umask, not the
+``0o600`` of ``mkstemp``), so a group sharing a runs folder can read it, and ``fsync`` the file before the
+rename and the folder after it, so that after a power cut the file is either the old one or the new one.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -11,21 +17,35 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# What torch's zip writer says when the file system takes fewer bytes than it wrote (a full disk).
+_SHORT_WRITE_MESSAGES = ("unexpected pos", "file write failed", "No space left on device")
+
 
 def write_text_atomically(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
-    An interruption leaves either the old file or the new one, never a partial file or a stray temporary.
+    An interruption leaves either the old file or the new one, never a partial file or a stray temporary. The
+    file gets the umask's mode and reaches the disk before it is renamed (module docstring).
+
+    Raises:
+        OSError: the file could not be written (e.g. the disk is full); the error names ``path``.
     """
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, new_file_mode())
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
+    fsync_folder(path.parent)
     return path
 
 
@@ -41,13 +61,66 @@ def torch_save_atomically(value: Any, path: str | Path) -> Path:
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, new_file_mode())
         with os.fdopen(descriptor, "wb") as handle:
             torch.save(value, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise OSError(errno.ENOSPC, f"the disk is full; {path} was not written", str(path)) from error
         raise
+    fsync_folder(path.parent)
     return path
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``; elsewhere set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)  # no way to read it without setting it: restore it at once
+    os.umask(current)
+    return current
+
+
+def new_file_mode() -> int:
+    """The mode ``open`` gives a new file: ``0o666`` less the umask (``mkstemp`` would give ``0o600``)."""
+    return 0o666 & ~umask()
+
+
+def new_folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: ``0o777`` less the umask (``mkdtemp`` would give ``0o700``)."""
+    return 0o777 & ~umask()
+
+
+def fsync_folder(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; a no-op where folders cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some file systems do not sync folders; the rename itself is still atomic
+    finally:
+        os.close(descriptor)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or the user's quota) is full: ENOSPC / EDQUOT, or torch's short write."""
+    if isinstance(error, OSError):
+        return error.errno in _DISK_FULL_ERRNOS
+    if isinstance(error, RuntimeError):
+        return any(message in str(error) for message in _SHORT_WRITE_MESSAGES)
+    return False
 
 
 class FileLock:

@@ -5,16 +5,21 @@
 
 Checkpoints hold everything a run needs to continue exactly where it stopped, even part-way through an epoch
 (``common.run.make_reproducible`` explains how); they are written atomically and load with ``weights_only=True``.
+Beside each ``checkpoint_<iteration>.pt`` lies ``checkpoint_<iteration>.pt.sha256``, the digest of what was written,
+checked whenever the checkpoint is read, so a file changed on disk afterwards (a flipped bit) is refused instead
+of resuming with altered weights. A full disk while saving leaves the previous checkpoints as they were.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import numbers
 import os
 import pickle
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,12 +43,15 @@ from tensorboardX.proto.summary_pb2 import Summary
 from torch import nn
 
 from common.errors import DataError, MissingDataError
+from common.files import fsync_folder, is_disk_full, new_file_mode, write_text_atomically
 from common.run import make_reproducible
 
 PROGRESS_ENV = "OOD_REPRO_PROGRESS"  # "0" turns progress bars off
 SKIPPED_STEPS = "skipped_steps"  # trainer.state counter written by finite_step
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)\.pt")
+CHECKSUM_SUFFIX = ".sha256"
+_CHUNK_BYTES = 1 << 20
 _PNG_CHANNELS = {1: None, 3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}  # OpenCV writes BGR(A)
 
 
@@ -216,8 +224,14 @@ def log_pr_curve(
     tb_logger.writer.add_pr_curve(tag, labels, scaled, step, num_thresholds=num_thresholds)
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """Training cannot go on usefully: every step so far was skipped as non-finite, or an update made weights
+    non-finite. The message says which and what to change."""
+
+
 class _RotatingDiskSaver(DiskSaver):
-    """Ignite's ``DiskSaver`` whose rotation passes over a file that is gone already.
+    """Ignite's ``DiskSaver`` writing a checksum beside each checkpoint, naming the file when the disk is full,
+    and whose rotation passes over a file that is gone already.
 
     A run resumed from an older checkpoint (the newest was unreadable) inherits that checkpoint's list of files, which
     names files the original run had already rotated away.
@@ -225,7 +239,58 @@ class _RotatingDiskSaver(DiskSaver):
 
     def remove(self, filename: str) -> None:
         if idist.get_rank() == self.save_on_rank:
-            (Path(self.dirname) / filename).unlink(missing_ok=True)
+            path = Path(self.dirname) / filename
+            path.unlink(missing_ok=True)
+            checksum_path(path).unlink(missing_ok=True)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        """Write through a hashing stream into a temporary file, sync it, rename it, then write its checksum.
+
+        A stale checksum of an earlier file of that name is removed before the rename, so a crash before the new
+        checksum is written leaves a checkpoint without one (read unverified), never one with a wrong one.
+        """
+        path = Path(path)
+        descriptor, temporary = tempfile.mkstemp(dir=self.dirname, prefix=f".{path.name}.", suffix=".tmp")
+        digest = hashlib.sha256()
+        try:
+            os.fchmod(descriptor, new_file_mode())
+            with os.fdopen(descriptor, "wb") as handle:
+                func(checkpoint, _HashingWriter(handle, digest), **self.kwargs)
+                handle.flush()
+                os.fsync(handle.fileno())
+            checksum_path(path).unlink(missing_ok=True)
+            os.replace(temporary, path)
+            write_text_atomically(checksum_path(path), f"{digest.hexdigest()}  {path.name}\n")
+        except BaseException as error:
+            Path(temporary).unlink(missing_ok=True)
+            if is_disk_full(error):
+                older = [str(p) for p in checkpoints_newest_first(Path(self.dirname).parent) if p != path]
+                kept = f"the newest earlier checkpoint, {older[0]}, is intact" if older else "no earlier checkpoint"
+                raise DataError(
+                    path, f"could not be written: the disk is full (no space left on device); {kept}"
+                ) from error
+            raise
+        fsync_folder(path.parent)
+
+
+class _HashingWriter:
+    """A binary file that also feeds every byte written to a hash (torch.save writes sequentially)."""
+
+    def __init__(self, handle: Any, digest: Any) -> None:
+        self._handle, self._digest = handle, digest
+
+    def write(self, data: Any) -> int:
+        self._digest.update(data)
+        return self._handle.write(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def checksum_path(checkpoint: Path) -> Path:
+    """``<checkpoint>.sha256``: the sha256 of ``checkpoint`` as written (``sha256sum`` format)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + CHECKSUM_SUFFIX)
 
 
 def setup_checkpoint(
@@ -313,9 +378,36 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise MissingDataError(path, "Pass a checkpoint_<iteration>.pt from a run's checkpoints/ folder.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:  # foreign, truncated, empty file
         raise DataError(path, f"not a checkpoint torch can load with weights_only=True ({exc})") from exc
+    _verify_checksum(path)  # torch reads most damaged files without complaint, with altered tensors
+    return checkpoint
+
+
+def _verify_checksum(path: Path) -> None:
+    """Compare ``path`` with the digest in its ``.sha256`` file, if it has one (older checkpoints have none).
+
+    Raises:
+        DataError: the digests differ, or the checksum file is unreadable.
+    """
+    recorded_file = checksum_path(path)
+    if not recorded_file.is_file():
+        return
+    try:
+        recorded = recorded_file.read_text(encoding="ascii").split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError) as error:
+        raise DataError(recorded_file, f"not a readable sha256 checksum file ({error})") from error
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    if digest.hexdigest() != recorded:
+        raise DataError(
+            path,
+            f"damaged since it was written: its sha256 is {digest.hexdigest()}, {recorded_file.name} recorded "
+            f"{recorded}",
+        )
 
 
 def count_skipped_steps(engine: Engine) -> None:
@@ -323,6 +415,30 @@ def count_skipped_steps(engine: Engine) -> None:
     if SKIPPED_STEPS not in engine.state_dict_user_keys:
         engine.state_dict_user_keys.append(SKIPPED_STEPS)
     setattr(engine.state, SKIPPED_STEPS, 0)
+
+
+def fail_if_every_step_skipped(trainer: Engine) -> None:
+    """Make a training run fail with :class:`NonFiniteTrainingError` at the end of an epoch, or of the run, when
+    every step so far was skipped by ``finite_step``: such a model is untrained, and its metrics must not be
+    reported as results. ``setup_handlers`` attaches it; the check runs before that epoch's evaluation."""
+    for event in (Events.EPOCH_COMPLETED, Events.COMPLETED):
+        if not trainer.has_event_handler(_fail_if_every_step_skipped, event):
+            trainer.add_event_handler(event, _fail_if_every_step_skipped)
+
+
+def _fail_if_every_step_skipped(engine: Engine) -> None:
+    skipped, steps = getattr(engine.state, SKIPPED_STEPS, 0), engine.state.iteration
+    if steps > 0 and skipped >= steps:
+        raise NonFiniteTrainingError(
+            f"every one of the {steps} training steps so far was skipped ({SKIPPED_STEPS}={skipped}): each had a "
+            "non-finite loss or gradient, so the model is untrained; lower the learning rate, check the inputs "
+            "for NaN or inf, or turn mixed precision off"
+        )
+
+
+def training_counts(engine: Engine) -> dict[str, int]:
+    """What a cell result should record of a training: ``{"steps": iterations run, "skipped_steps": skipped}``."""
+    return {"steps": int(engine.state.iteration), SKIPPED_STEPS: int(getattr(engine.state, SKIPPED_STEPS, 0))}
 
 
 def finite_step(
@@ -335,13 +451,18 @@ def finite_step(
 
     Use it in a process function in place of ``optimizer.step()``, after ``loss.backward()`` (or
     ``scaler.scale(loss).backward()``; do not call ``scaler.unscale_`` yourself). The check costs one host sync
-    (the largest absolute gradient of every parameter, computed with one foreach kernel). A skipped step zeroes
+    (the largest absolute gradient of every parameter, computed with one foreach kernel), and a step taken one
+    more (the largest absolute value of every parameter afterwards). A skipped step zeroes
     the gradients and adds one to ``engine.state.skipped_steps`` (see ``count_skipped_steps``). With a scaler the
     float16 overflows that make it lower its scale are counted too. InvGlow's reference code skips such steps
     (invglow notes, section 3); ``ignite.handlers.TerminateOnNan`` would end the run instead.
 
     Returns:
         Whether the optimizer stepped.
+
+    Raises:
+        NonFiniteTrainingError: the loss and gradients were finite but the update made parameters non-finite (it
+            overflowed); the weights cannot be trusted any more, so the run stops at this step.
     """
     if not hasattr(engine.state, SKIPPED_STEPS):
         raise RuntimeError("finite_step needs the counter: call count_skipped_steps(trainer) when creating it")
@@ -357,12 +478,34 @@ def finite_step(
             scaler.step(optimizer)
         else:
             optimizer.step()
+        _check_parameters_finite(engine, optimizer)
     else:
         optimizer.zero_grad(set_to_none=True)
         setattr(engine.state, SKIPPED_STEPS, getattr(engine.state, SKIPPED_STEPS) + 1)
     if scaler is not None:
         scaler.update()
     return finite
+
+
+def _check_parameters_finite(engine: Engine, optimizer: torch.optim.Optimizer) -> None:
+    """Raise NonFiniteTrainingError naming the parameters an optimizer step left non-finite (one host sync)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.is_floating_point()]
+    if not params:
+        return
+    largest = torch.stack([norm.to(params[0].device) for norm in torch._foreach_norm(params, ord=math.inf)])
+    if bool(torch.isfinite(largest).all()):
+        return
+    position = {id(p): (g, i) for g, group in enumerate(optimizer.param_groups) for i, p in enumerate(group["params"])}
+    bad = [
+        f"group {position[id(p)][0]} tensor {position[id(p)][1]} {tuple(p.shape)}"
+        for p, value in zip(params, largest.tolist(), strict=True)
+        if not math.isfinite(value)
+    ]
+    raise NonFiniteTrainingError(
+        f"iteration {engine.state.iteration}: the optimizer step made {len(bad)} of {len(params)} parameter tensors "
+        f"non-finite ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}) although the loss and every gradient "
+        "were finite: the update overflowed; lower the learning rate or clip the gradients"
+    )
 
 
 @dataclass(frozen=True)
@@ -394,6 +537,9 @@ def setup_handlers(
 ) -> TrainingHandlers:
     """Wire a training run: scheduler, reproducible epochs, progress, evaluation, tensorboard, checkpoints, resume.
 
+    A run in which every step is skipped as non-finite fails (``fail_if_every_step_skipped``); record
+    ``training_counts(trainer)`` in the cell's result so that its skipped steps are reported.
+
     Args:
         trainer: the training engine; its step returns a number or a dict of numbers.
         evaluators: name → (evaluator, data), run every ``eval_every`` epochs and at the end of the run (unless the
@@ -416,6 +562,7 @@ def setup_handlers(
     if added:
         raise ValueError(f"to_save must not contain {sorted(added)}: setup_handlers adds these entries")
     count_skipped_steps(trainer)
+    fail_if_every_step_skipped(trainer)
     if lr_scheduler is not None:
         trainer.add_event_handler(Events.ITERATION_STARTED, lr_scheduler)
     saved = {"trainer": trainer, **to_save, "rng": make_reproducible(trainer, seed)}

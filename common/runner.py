@@ -42,7 +42,7 @@ from common.cells import (
     read_cell_result,
 )
 from common.errors import UsageError
-from common.files import FileLock, write_json_atomically
+from common.files import FileLock, new_file_mode, write_json_atomically
 from common.results import ResultRow, RunRecord, write_results
 from common.run import CONFIG_FILE, plain, run_metadata, torch_threads
 
@@ -186,6 +186,7 @@ def _create_exclusively(path: Path, content: Any) -> bool:
     if path.exists():
         return False
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(descriptor, new_file_mode())  # readable as any new file is (mkstemp makes it 0600)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2, default=str)

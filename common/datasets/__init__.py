@@ -9,6 +9,7 @@ Labels of sets used only as out-of-distribution data are -1.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,8 +36,16 @@ class DatasetSpec:
     description: str
 
     def read(self, folder: Path, split: str, **options: Any) -> ImageSet:
+        """Call the reader; a missing or unknown option is a ValueError naming it (not the reader's TypeError)."""
         module_name, function_name = self.reader.split(":")
         function = getattr(importlib.import_module(module_name), function_name)
+        try:
+            inspect.signature(function).bind(folder, split, **options)
+        except TypeError as error:
+            accepted = [name for name in inspect.signature(function).parameters][2:]
+            raise ValueError(
+                f"dataset {self.name!r}: {error} (options: {', '.join(accepted) or 'none'}; {self.description})"
+            ) from None
         return function(folder, split, **options)
 
 
@@ -147,6 +156,16 @@ def load(name: str, split: str, root: str | Path | None = None, **options: Any) 
     return spec.read(dataset_folder(name, root), split, **options)
 
 
+def plain_name_problem(name: str) -> str | None:
+    """Why ``name``, read from a file or given as an option, is not a plain file name; None if it is one.
+
+    A plain name joined to a folder stays inside it: no folder part (``/`` or ``\\``), not empty, ``.`` or ``..``.
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+        return "expected a plain file name (no folder part, not empty, '.' or '..'), so that it stays in its folder"
+    return None
+
+
 def dataset_folder(name: str, root: str | Path | None = None) -> Path:
     """The folder holding dataset ``name``'s files: ``<root>/<name>``, or the configured default.
 
@@ -157,4 +176,4 @@ def dataset_folder(name: str, root: str | Path | None = None) -> Path:
     return (Path(root).expanduser() if root is not None else folder_locations.data_root()) / name
 
 
-__all__ = ["DATASETS", "DatasetSpec", "ImageSet", "dataset_folder", "load"]
+__all__ = ["DATASETS", "DatasetSpec", "ImageSet", "dataset_folder", "load", "plain_name_problem"]

@@ -5,8 +5,11 @@ Each batch file is a Python 2 cPickle of a dict with byte-string keys: ``b"data"
 ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` / ``b"coarse_labels"`` (CIFAR-100) as lists of ints; and
 ``b"batch_label"``, ``b"filenames"``. See https://www.cs.toronto.edu/~kriz/cifar.html.
 
-Unpickling can run arbitrary code, so the batches are read with an unpickler that only resolves the numpy
-names an array needs (``_reconstruct``, ``ndarray``, ``dtype``); any other name makes the file a DataError.
+Unpickling can run arbitrary code, so the batches are read with an unpickler that only resolves the names a
+uint8 array and byte strings need, whatever the pickle protocol: ``_reconstruct``, ``ndarray`` and ``dtype``
+(protocols 2 to 4, as distributed), ``_frombuffer`` (protocol 5), and ``_codecs.encode`` (how Python 3 writes
+byte strings at protocol 2). The last two are replaced by functions that accept only what those pickles hold
+(a latin-1 string; a buffer, a dtype without Python objects, a shape); any other name makes the file a DataError.
 """
 
 from __future__ import annotations
@@ -34,12 +37,38 @@ CIFAR100_LABEL_KEYS = {"fine": b"fine_labels", "coarse": b"coarse_labels"}
 CIFAR100_CLASSES = {"fine": 100, "coarse": 20}
 
 _ARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]
+
+
+def _latin1_bytes(text: Any, encoding: Any) -> bytes:
+    """``_codecs.encode`` as a protocol-2 pickle of ``bytes`` calls it: a str and "latin1", nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _array_from_buffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy's ``_frombuffer`` (protocol-5 arrays) restricted to plain buffers, dtypes without objects and shapes."""
+    if (
+        not isinstance(buffer, (bytes, bytearray, memoryview, pickle.PickleBuffer))
+        or not isinstance(dtype, np.dtype)
+        or dtype.hasobject
+        or not isinstance(shape, tuple)
+        or not all(isinstance(size, int) and size >= 0 for size in shape)
+        or order not in ("C", "F")
+    ):
+        raise pickle.UnpicklingError("refusing a protocol-5 array that is not a plain numeric buffer")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
 _ALLOWED_GLOBALS = {
     # Python 2 / numpy 1 spell the module numpy.core.multiarray (as in the distributed files), numpy 2 numpy._core.
     ("numpy.core.multiarray", "_reconstruct"): _ARRAY_RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _ARRAY_RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,
+    ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
+    ("_codecs", "encode"): _latin1_bytes,
 }
 
 

@@ -36,6 +36,8 @@ IDX_DATASETS = ("mnist", "fashion-mnist")
 """Registered datasets read by :func:`read_idx_dataset`; a folder of that name gets its download hint."""
 
 _SPLIT_PREFIXES = {"train": "train", "test": "t10k"}
+CHUNK_BYTES = 1 << 20
+MAX_DEFLATE_RATIO = 1032  # deflate's largest expansion: 258 bytes per 2-bit code, ~1032:1 (zlib's tech notes)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -122,13 +124,32 @@ def _read_header(stream: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...
 
 
 def _read_gzipped_idx(path: Path) -> np.ndarray:
-    """Decompress a ``.gz`` IDX file into a new (writable) array, checking its size against the header."""
+    """Decompress a ``.gz`` IDX file into a new (writable) array, checking its size against the header.
+
+    The stream is inflated chunk by chunk and never beyond the size the header promises (plus one byte, to notice
+    a longer stream), so a small file that inflates to far more than its header says costs no memory; a header
+    promising more than deflate can produce from the file's size is refused before anything is inflated.
+    """
     with gzip.open(path, "rb") as stream:
         try:
             dtype, shape = _read_header(stream, path)
-            data = bytearray(stream.read())
+            expected = math.prod(shape) * dtype.itemsize
+            limit = MAX_DEFLATE_RATIO * path.stat().st_size + CHUNK_BYTES
+            if expected > limit:
+                raise DataError(
+                    path,
+                    f"header promises {expected:,} data bytes ({dtype}, shape {shape}), more than a gzip file of "
+                    f"{path.stat().st_size:,} bytes can hold (truncated or corrupt)",
+                )
+            data = bytearray()
+            while len(data) <= expected and (chunk := stream.read(min(CHUNK_BYTES, expected + 1 - len(data)))):
+                data += chunk
         except (OSError, EOFError, zlib.error) as error:
             raise DataError(path, f"corrupt or truncated gzip stream ({error})") from error
+    if len(data) > expected:
+        raise DataError(
+            path, f"header promises {expected} data bytes ({dtype}, shape {shape}), but the stream holds more"
+        )
     _check_data_size(path, dtype, shape, len(data))
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 

@@ -33,6 +33,7 @@ keeps the first ``limit`` of them. All labels are -1 (out-of-distribution only).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -40,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from common.datasets import ImageSet
+from common.datasets import ImageSet, plain_name_problem
 from common.datasets.sources import how_to_get
 from common.errors import DataError, MissingDataError
 
@@ -72,15 +73,18 @@ def list_image_files(directory: Path, pattern: str = "*", limit: int | None = No
     Hidden files and files without an image suffix (.jpg, .jpeg, .png, any case) are skipped.
 
     Raises:
-        DataError: no image file matches.
+        DataError: no image file matches, or one is a symbolic link to nothing (named in the message).
         ValueError: ``limit`` is not positive.
     """
     check_positive(limit=limit)
-    files = sorted(
+    candidates = [
         path
         for path in directory.glob(pattern)
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
-    )
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    ]
+    for path in candidates:
+        _refuse_dangling_link(path)
+    files = sorted(path for path in candidates if path.is_file())
     if not files:
         suffixes = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
         raise DataError(directory, f"no image files ({suffixes}) matching {pattern!r}")
@@ -116,11 +120,18 @@ def read_grey(path: Path) -> np.ndarray:
 
 def _imread(path: Path, flags: int) -> np.ndarray:
     if not path.is_file():
+        _refuse_dangling_link(path)
         raise MissingDataError(path)
     image = cv2.imread(str(path), flags)
     if image is None:
         raise DataError(path, "cannot be decoded as an image (truncated, corrupt or not an image file)")
     return image
+
+
+def _refuse_dangling_link(path: Path) -> None:
+    """A DataError if ``path`` is a symbolic link whose target does not exist (an image a reader must not skip)."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(path, f"is a symbolic link to {os.readlink(path)!r}, which does not exist (a missing image)")
 
 
 def resize(image: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
@@ -301,5 +312,8 @@ def _celeba_partition(path: Path) -> dict[int, list[str]]:
             continue
         if len(fields) != 2 or fields[1] not in {"0", "1", "2"}:
             raise DataError(path, f"line {number}: expected '<image file> <0|1|2>', got {line!r}")
+        problem = plain_name_problem(fields[0])
+        if problem is not None:
+            raise DataError(path, f"line {number}: image {fields[0]!r}: {problem} (img_align_celeba)")
         partition[int(fields[1])].append(fields[0])
     return partition

@@ -23,6 +23,7 @@ index is used by no score).
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -79,7 +80,8 @@ def read_lsun(
         ValueError: ``split`` is not "test", a category is unknown, or ``size`` / ``limit`` is not positive.
         ImportError: the ``lmdb`` package is not installed.
         MissingDataError: a category's folder or its ``data.mdb`` is missing.
-        DataError: an LMDB environment cannot be read or holds no images, or a value is not a decodable image.
+        DataError: an LMDB environment cannot be read, is truncated or holds no images, or a value is not a
+            decodable image.
     """
     if split != "test":
         raise ValueError(f"LSUN has only the split 'test' (its validation LMDBs), got {split!r}")
@@ -139,6 +141,7 @@ def _decoded_images(lmdb: ModuleType, directory: Path, hint: str) -> Iterator[np
     data_file = directory / "data.mdb"
     if not data_file.is_file():
         raise MissingDataError(data_file, hint)
+    check_lmdb_size(data_file)
     try:
         environment = lmdb.open(
             str(directory), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1
@@ -153,3 +156,52 @@ def _decoded_images(lmdb: ModuleType, directory: Path, hint: str) -> Iterator[np
                 yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     except lmdb.Error as error:
         raise DataError(directory, f"is not a readable LMDB environment ({error})") from error
+
+
+# LMDB's on-disk header (lmdb's mdb.c, 64-bit builds, which py-lmdb is): pages 0 and 1 are meta pages, each a
+# 16-byte page header followed by MDB_meta: magic, version (uint32 each), address, map size (uint64 each), two
+# 48-byte MDB_db records (the first one's leading uint32 holds the page size), last page number, transaction id.
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_META = struct.Struct("<IIQQI92xQQ")  # magic, version, address, map size, page size, (dbs), last page, txn
+_LMDB_META_OFFSET = 16
+
+
+def check_lmdb_size(data_file: Path) -> None:
+    """Check that LMDB file ``data_file`` holds every page its newest meta page says it has, before it is mapped.
+
+    LMDB maps the file into memory and reads its pages directly, so a truncated file (an interrupted copy or
+    extraction) kills the process with SIGBUS the moment a missing page is touched; the header is read here with
+    ordinary file reads instead.
+
+    Raises:
+        DataError: the file is not an LMDB data file (named after its folder, the environment), or is shorter than
+            (last page + 1) × page size (named after itself).
+    """
+    size = data_file.stat().st_size
+    with data_file.open("rb") as file:
+        first = file.read(_LMDB_META_OFFSET + _LMDB_META.size)
+        if len(first) < _LMDB_META_OFFSET + _LMDB_META.size:
+            raise DataError(
+                data_file.parent, f"is not a readable LMDB environment ({data_file.name} has only {size:,} bytes)"
+            )
+        metas = [_LMDB_META.unpack_from(first, _LMDB_META_OFFSET)]
+        page_size = metas[0][4]
+        if metas[0][0] != _LMDB_MAGIC or page_size < 512 or page_size & (page_size - 1):
+            raise DataError(
+                data_file.parent, f"is not a readable LMDB environment ({data_file.name} has no LMDB meta page)"
+            )
+        file.seek(page_size + _LMDB_META_OFFSET)
+        second = file.read(_LMDB_META.size)
+    if len(second) == _LMDB_META.size:
+        metas.append(_LMDB_META.unpack(second))
+    valid = [meta for meta in metas if meta[0] == _LMDB_MAGIC]
+    if len(metas) < 2:
+        raise DataError(data_file, f"is truncated: {size:,} bytes, less than LMDB's two meta pages of {page_size:,}")
+    last_page = max(valid, key=lambda meta: meta[6])[5]
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise DataError(
+            data_file,
+            f"is truncated: {size:,} bytes, but its LMDB header says {last_page + 1:,} pages of {page_size:,} "
+            f"bytes ({needed:,} bytes); copy or extract it again",
+        )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.datasets import dataset_folder
-from common.download import download, extract, verify_checksum
+from common.download import download, extract, extraction_interrupted, verify_checksum
 from common.errors import DataError, DownloadError, MissingDataError
 
 
@@ -333,8 +333,9 @@ def fetch(name: str, root: str | Path | None = None, *, progress: bool = True) -
     """Put dataset ``name`` into ``dataset_folder(name, root)`` in the layout its reader expects.
 
     Downloadable files are downloaded (checksummed, resumable, mirrors tried in order) and archives extracted;
-    a file whose archive was already extracted is skipped. Files of manual sources must have been placed by
-    hand; they are checked and extracted. Generated sets need nothing.
+    a file whose archive was already extracted is skipped, unless that extraction was killed before it finished
+    (``common.download.extraction_interrupted``): then it is extracted again. Files of manual sources must have
+    been placed by hand; they are checked and extracted. Generated sets need nothing.
 
     Returns:
         The dataset folder.
@@ -349,9 +350,13 @@ def fetch(name: str, root: str | Path | None = None, *, progress: bool = True) -
     if source.manual is not None and not source.files:
         raise MissingDataError(folder, how_to_get(name, folder))
     for file in source.files:
-        if file.unpacks_to is not None and file.in_place(folder).exists():
-            continue
         target = folder / file.filename
+        if (
+            file.unpacks_to is not None
+            and file.in_place(folder).exists()
+            and not extraction_interrupted(target, folder)
+        ):
+            continue
         if source.manual is None:
             _download_from_mirrors(file, target, progress)
         elif target.is_file():

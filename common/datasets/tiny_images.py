@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from common.datasets import ImageSet
+from common.datasets import ImageSet, plain_name_problem
 from common.datasets.sources import how_to_get
 from common.errors import DataError, MissingDataError
 
@@ -47,7 +47,14 @@ class SubsetFiles(NamedTuple):
 
 
 def subset_files(folder: Path, name: str) -> SubsetFiles:
-    """Paths of subset ``name`` in ``folder``: ``<name>.npy``, ``<name>_indices.npy`` and ``<name>.json``."""
+    """Paths of subset ``name`` in ``folder``: ``<name>.npy``, ``<name>_indices.npy`` and ``<name>.json``.
+
+    Raises:
+        ValueError: ``name`` is not a plain file name (it would put the files outside ``folder``).
+    """
+    problem = plain_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"subset name {name!r}: {problem}")
     return SubsetFiles(folder / f"{name}.npy", folder / f"{name}_indices.npy", folder / f"{name}.json")
 
 
@@ -107,11 +114,34 @@ def read_tiny_subset(folder: Path, split: str, name: str = SUBSET_NAME) -> Image
     files = subset_files(folder, name)
     if not files.manifest.is_file():
         raise MissingDataError(files.manifest, how_to_get("tiny-images-subset", folder))
+    count = read_manifest(files.manifest)["count"]
     records = _load_images_npy(files.images, (IMAGE_BYTES,), "tiny-images-subset")
-    count = json.loads(files.manifest.read_text())["count"]
     if len(records) != count:
         raise DataError(files.images, f"holds {len(records):,} images; its manifest says {count:,}")
     return ImageSet(torch.from_numpy(column_major_to_nchw(records)), _ood_labels(count))
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest ``<name>.json`` of a subset, checked to be a JSON object whose ``count`` is a whole number.
+
+    Raises:
+        DataError: the file is not JSON (e.g. cut short), or has no non-negative integer ``count``.
+    """
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(path, f"is not a readable JSON manifest ({error}); rebuild the subset") from error
+    count = manifest.get("count") if isinstance(manifest, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise DataError(
+            path, f"expected a JSON object with an image count (\"count\": N, N >= 0), found {_abridged(manifest)}"
+        )
+    return manifest
+
+
+def _abridged(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_tiny_300k(folder: Path, split: str) -> ImageSet:

@@ -3,7 +3,8 @@
 The standard library's ``SimpleHTTPRequestHandler`` ignores Range headers, so this handler implements them
 (``bytes=START-`` and ``bytes=START-END``): 206 with Content-Range, 416 past the end. Switches on the running
 server make it ignore ranges, drop the connection after some body bytes, answer 404, or hold back its answer
-until the server stops (to provoke client time-outs). Every request is recorded with what was sent back.
+until the server stops (to provoke client time-outs), or leave out Content-Length (so only the closing connection
+ends the body). Every request is recorded with what was sent back.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class FileServer:
 
     Attributes to switch behaviour while running: ``ignore_range`` (always answer 200 with the whole file),
     ``drop_after`` (send only this many body bytes, then close the connection), ``not_found`` (answer 404 to
-    everything), ``stall`` (send nothing until the server stops).
+    everything), ``stall`` (send nothing until the server stops), ``omit_length`` (send no Content-Length header).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -45,6 +46,7 @@ class FileServer:
         self.drop_after: int | None = None
         self.not_found = False
         self.stall = False
+        self.omit_length = False
         self.requests: list[ServedRequest] = []
         self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -93,7 +95,8 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, status: int, headers: dict[str, str], body: bytes, requested_range: str | None) -> None:
             self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            length = {} if server.omit_length else {"Content-Length": str(len(body))}
+            for name, value in {**headers, **length}.items():
                 self.send_header(name, value)
             self.end_headers()
             sent = body if server.drop_after is None else body[: server.drop_after]
