@@ -23,7 +23,14 @@ from torch import nn
 
 from common.errors import MissingDataError
 from common.files import torch_save_atomically
-from common.handlers import count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
+from common.handlers import (
+    count_skipped_steps,
+    finite_step,
+    log_histogram,
+    log_images,
+    setup_handlers,
+    training_counts,
+)
 from common.loaders import TensorBatchLoader
 from common.metrics import OODMetrics
 from memae.config import TrainConfig
@@ -237,6 +244,10 @@ def metric_values(engine: Engine) -> dict[str, float]:
     }
 
 
+TRAINING = "training"
+"""The key of :func:`fit`'s result that holds the steps run and skipped (not an evaluation)."""
+
+
 def fit(
     model: Autoencoder,
     train_data: TensorBatchLoader | None,
@@ -269,12 +280,13 @@ def fit(
         freeze_batchnorm: train with BatchNorm on its running statistics (see :func:`create_trainer`).
 
     Returns:
-        evaluation name → its metrics (:func:`metric_values`).
+        evaluation name → its metrics (:func:`metric_values`), and ``"training"`` → the steps run and skipped
+        (``common.handlers.training_counts``; none without training data).
     """
     if train_data is None:
         for evaluation in evaluations:
             evaluation.engine.run(evaluation.data)
-        return {evaluation.name: metric_values(evaluation.engine) for evaluation in evaluations}
+        return {**{e.name: metric_values(e.engine) for e in evaluations}, TRAINING: {"steps": 0, "skipped_steps": 0}}
     optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
     trainer = create_trainer(model, optimizer, entropy_weight, group, freeze_batchnorm)
     handlers = setup_handlers(
@@ -304,7 +316,7 @@ def fit(
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
-    return {evaluation.name: metric_values(evaluation.engine) for evaluation in evaluations}
+    return {**{e.name: metric_values(e.engine) for e in evaluations}, TRAINING: training_counts(trainer)}
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

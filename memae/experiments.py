@@ -41,7 +41,7 @@ from memae.config import (
     configure,
 )
 from memae.data import normalisation, one_class_test_set, training_set
-from memae.engine import Evaluation, create_evaluator, fit, load_weights, save_weights
+from memae.engine import TRAINING, Evaluation, create_evaluator, fit, load_weights, save_weights
 from memae.few_shot import STRATEGIES
 from memae.models import ARCHITECTURES, Autoencoder, build_model
 
@@ -121,7 +121,7 @@ def _train_one_class(
         seed=seed,
         progress=ctx.progress,
     )
-    return metrics["test"], model
+    return {**metrics["test"], **metrics[TRAINING]}, model
 
 
 def _row(config: MemAEConfig, table: str, row: str, column: str, fractions: Sequence[float], note: str) -> ResultRow:
@@ -233,8 +233,8 @@ def _group_cell(
 ) -> dict[str, dict[str, float]]:
     """One C-MemAE (or conditional AE) on a group, each class evaluated with known and self-selected memory.
 
-    Returns ``<mode>_<class>`` → metrics (``selection_accuracy`` too for self-selection); a C-MemAE's weights are
-    kept for the few-shot cells.
+    Returns ``<mode>_<class>`` → metrics (``selection_accuracy`` too for self-selection) and ``training`` → steps
+    run and skipped; a C-MemAE's weights are kept for the few-shot cells.
     """
     train_data, test_data = _load(setting.data)
     seed_everything(seed)
@@ -300,7 +300,7 @@ def _few_shot_cell(
         progress=ctx.progress,
         freeze_batchnorm=True,
     )
-    return metrics["test"]
+    return {**metrics["test"], **metrics[TRAINING]}
 
 
 def conditional_cells(config: MemAEConfig) -> list[Cell]:

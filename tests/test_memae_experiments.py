@@ -130,7 +130,8 @@ def test_one_cell_runs_with_exactly_its_unfinished_prerequisites(tiny_demo, tmp_
     }
     assert json.loads((run / "MNIST/MemAE/class-0/seed-0/result.json").read_text()) == single  # not run again
     group = json.loads((run / "MNIST/cmemae/group-0-1/seed-0/result.json").read_text())["values"]
-    assert set(group) == {f"{mode}_{c}" for mode in ("known", "self_sum", "self_max") for c in (0, 1)}
+    assert set(group) == {f"{mode}_{c}" for mode in ("known", "self_sum", "self_max") for c in (0, 1)} | {"training"}
+    assert group["training"]["skipped_steps"] == 0 and group["training"]["steps"] > 0  # the skip count is recorded
     assert 0.0 <= group["self_max_1"]["selection_accuracy"] <= 1.0 and "selection_accuracy" not in group["known_0"]
     events = b"".join(path.read_bytes() for path in (run / "MNIST/MemAE/class-0/seed-0").glob("events.out.tfevents.*"))
     for tag in (
