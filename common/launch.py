@@ -2,7 +2,9 @@
 
 The papers' entry points follow Ignite's cifar10 example: ``launch(training, config, nproc_per_node=...,
 backend=...)`` calls ``training(local_rank, config)`` once per process. One process (``backend=None``) is the
-default and runs in the calling process; ``"gloo"`` spreads over CPU processes, ``"nccl"`` over GPUs.
+default and runs in the calling process; ``"gloo"`` spreads over CPU processes, ``"nccl"`` over GPUs. Under
+``torchrun`` pass the backend alone: every process joins the group torchrun set up. A data-parallel training
+then calls its paper's ``engine.fit`` on every rank (``common.data_parallel``).
 """
 
 from __future__ import annotations

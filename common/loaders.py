@@ -9,7 +9,7 @@ transforms of :mod:`common.transforms`, instead of a Python call per sample as i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import ignite.distributed as idist
 import numpy as np
@@ -24,25 +24,32 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class TensorBatchLoader:
-    """Iterate ``(images, labels)`` batches of in-memory tensors, sharded over distributed ranks.
+    """Iterate ``(images, labels)`` batches of in-memory tensors; each distributed rank gets its share of every batch.
 
     Every epoch has its own order, a permutation drawn from ``(seed, epoch)``; each ``iter()`` uses the current
-    epoch and then advances it, and :meth:`set_epoch` (or :func:`sync_epoch`) sets it, as for a
-    ``DistributedSampler``. Ranks share the permutation and take every ``world_size``-th index from position
-    ``rank``, so all ranks see the same number of batches: without ``drop_last`` the permutation wraps around to
-    fill the last round (up to ``world_size − 1`` samples are seen twice), with ``drop_last`` it is cut to a
-    multiple of ``world_size`` and the last incomplete batch is dropped.
+    epoch and then advances it, and :meth:`set_epoch` sets it, as for a ``DistributedSampler``. Batch ``b`` of an
+    epoch holds the samples at positions ``[b·B, (b+1)·B)`` of that order, ``B = batch_size`` being the **global**
+    batch (over all ranks); without ``drop_last`` the last batch is smaller, with it the last incomplete batch is
+    dropped. Each batch's indices are sorted before the gather (sequential reads from a memory map), so the order
+    within a batch follows the index and labels stay aligned with images.
 
-    Each batch's indices are sorted before the gather (sequential reads from a memory map); the order within a
-    batch therefore follows the index, and labels stay aligned with images. The uint8 gather happens on the CPU
-    (into pinned memory for CUDA), the copy is ``non_blocking`` and ``transform`` runs on ``device``.
+    Under ``ignite.distributed`` with ``R`` ranks every rank visits the same batches, and rank ``r`` keeps the
+    ``r``-th of ``R`` contiguous blocks of each (:func:`rank_block`; ``B / R`` samples, sizes differ by one at
+    most in a smaller last batch): the ranks' blocks of batch ``b``, gathered rank after rank, are the one-process
+    batch ``b`` in its order. Every rank gathers and transforms the whole batch and then keeps its block, so a
+    random transform drawing per-sample numbers from a generator in the same state on every rank (``common.run``
+    seeds all ranks alike) gives each sample the augmentation and noise it gets in one process. The price is the
+    transform of ``R`` times more images per rank, small beside a network's forward and backward.
+
+    The uint8 gather happens on the CPU (into pinned memory for CUDA), the copy is ``non_blocking`` and
+    ``transform`` runs on ``device``.
 
     Args:
         images: (N, ...) CPU tensor, usually uint8 (N, C, H, W); may be memory-mapped.
         labels: (N,) CPU labels, aligned with ``images``.
-        batch_size: samples per batch on each rank.
+        batch_size: samples per batch over all ranks; a multiple of the number of ranks.
         shuffle: draw a new permutation every epoch; otherwise visit samples in index order.
-        drop_last: drop the last incomplete batch (and the samples that do not fill a round over ranks).
+        drop_last: drop the last incomplete batch.
         transform: batch transform applied to the images on ``device`` (labels are left as they are).
         device: where batches are delivered.
         seed: seed of the epoch permutations; must be the same on every rank.
@@ -72,6 +79,11 @@ class TensorBatchLoader:
             raise ValueError(f"labels: expected shape ({len(images)},) to match images, got {tuple(labels.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size: {batch_size} is the global batch, split over {self.world_size} processes, so it must "
+                f"be a multiple of {self.world_size}"
+            )
         if seed < 0:
             raise ValueError(f"seed: expected >= 0, got {seed}")
         if not 0 <= self.rank < self.world_size:
@@ -86,18 +98,16 @@ class TensorBatchLoader:
         self.seed = seed
         self.epoch = 0
         self._skip = 0
-        self._cached_indices: tuple[int, torch.Tensor] | None = None
-        rounding = math.floor if drop_last else math.ceil
-        self.samples_per_rank = rounding(len(images) / self.world_size)
-        self.num_batches = rounding(self.samples_per_rank / batch_size)
+        self._cached_order: tuple[int, torch.Tensor] | None = None
+        self.num_batches = len(images) // batch_size if drop_last else math.ceil(len(images) / batch_size)
         if self.num_batches == 0:
             raise ValueError(
-                f"batch_size: {batch_size} exceeds the {self.samples_per_rank} samples per rank and drop_last "
-                f"is set, so there would be no batch ({len(images)} samples, {self.world_size} ranks)"
+                f"batch_size: {batch_size} exceeds the {len(images)} samples and drop_last is set, so there would "
+                "be no batch"
             )
 
     def __len__(self) -> int:
-        """Number of batches per epoch on this rank."""
+        """Number of batches per epoch (the same on every rank)."""
         return self.num_batches
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,22 +121,27 @@ class TensorBatchLoader:
         self._skip = count
 
     def batch_at(self, epoch: int, position: int) -> Batch:
-        """Batch number ``position`` of ``epoch``, exactly as iterating that epoch would deliver it."""
-        if self._cached_indices is None or self._cached_indices[0] != epoch:
-            self._cached_indices = (epoch, self.indices(epoch))
+        """This rank's block of batch number ``position`` of ``epoch``, exactly as iterating that epoch delivers it."""
+        images, labels = self.global_batch_at(epoch, position)
+        if self.world_size == 1:
+            return images, labels
+        block = rank_block(len(labels), self.rank, self.world_size)
+        return images[block], labels[block]
+
+    def global_batch_at(self, epoch: int, position: int) -> Batch:
+        """The whole batch ``position`` of ``epoch`` over all ranks, transformed (e.g. for a data-dependent
+        initialisation that every rank must compute alike)."""
+        if self._cached_order is None or self._cached_order[0] != epoch:
+            self._cached_order = (epoch, self.indices(epoch))
         start = position * self.batch_size
-        return self.gather(self._cached_indices[1][start : start + self.batch_size].sort().values)
+        return self.gather(self._cached_order[1][start : start + self.batch_size].sort().values)
 
     def indices(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch``, in visiting order (before the per-batch sort)."""
-        count = len(self.images)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-            order = torch.randperm(count, generator=generator)
-        else:
-            order = torch.arange(count)
-        order = order[torch.arange(self.samples_per_rank * self.world_size) % count]
-        return order[self.rank :: self.world_size]
+        """The sample indices of ``epoch`` in visiting order (before the per-batch sort), the same on every rank."""
+        if not self.shuffle:
+            return torch.arange(len(self.images))
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        return torch.randperm(len(self.images), generator=generator)
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches of the current epoch; the epoch then advances by one."""
@@ -146,6 +161,48 @@ class TensorBatchLoader:
         if self.transform is not None:
             images = self.transform(images)
         return images, labels
+
+
+def rank_block(count: int, rank: int | None = None, world_size: int | None = None) -> slice:
+    """Rank ``rank``'s contiguous block of ``count`` items split over ``world_size`` ranks (``torch.tensor_split``'s
+    split: the first ``count % world_size`` ranks get one item more); defaults from ``ignite.distributed``."""
+    rank = idist.get_rank() if rank is None else rank
+    world_size = idist.get_world_size() if world_size is None else world_size
+    size, extra = divmod(count, world_size)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def evaluation_loaders(
+    sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[TensorBatchLoader]:
+    """Loaders over this rank's contiguous block of the ``(images, labels)`` sets taken one after the other.
+
+    Rank ``r`` evaluates block ``r`` of the concatenated sets (:func:`rank_block`), in index order and in batches
+    of ``batch_size / world_size`` (rounded up), one loader per set it touches. Outputs gathered rank after rank
+    (``common.metrics.CollectTensors``) thus come back in the order of the sets' samples, as in one process.
+    Evaluation runs without collective operations per batch, so the ranks may run different numbers of batches.
+
+    Raises:
+        ValueError: fewer samples than ranks (a rank without samples could not join the gathers).
+    """
+    rank, world_size = idist.get_rank(), idist.get_world_size()
+    total = sum(len(images) for images, _ in sets)
+    if total < world_size:
+        raise ValueError(f"sets: {total} samples cannot be evaluated by {world_size} processes, each needs one")
+    block, offset, loaders = rank_block(total, rank, world_size), 0, []
+    per_rank = math.ceil(batch_size / world_size)
+    for images, labels in sets:
+        start, stop = max(block.start - offset, 0), min(block.stop - offset, len(images))
+        offset += len(images)
+        if start < stop:
+            options = {"transform": transform, "device": device, "rank": 0, "world_size": 1}
+            loaders.append(TensorBatchLoader(images[start:stop], labels[start:stop], per_rank, **options))
+    return loaders
 
 
 class PairedLoader:

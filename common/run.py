@@ -1,13 +1,19 @@
-"""Setting up one run: seeds, reproducible epochs, the run folder, the recorded config, the device, mixed precision.
+"""Setting up one run: seeds, reproducible epochs, the run folder, the recorded config, the device.
 
 Reproducibility, including a resume part-way through an epoch, rests on four pieces:
 
-- ``seed_everything`` seeds python, numpy and torch once per process (seed + rank, the Ignite examples' convention);
-- ``seed_epoch`` reseeds them at every epoch from (seed, rank, epoch) alone, so an epoch's randomness does not
-  depend on what ran before it (evaluations, a restarted process);
-- ``EpochSeededSampler`` orders the data by (seed, epoch) alone, splits it over the ranks and can start part-way;
+- ``seed_everything`` seeds python, numpy and torch once per process, alike on every rank;
+- ``seed_epoch`` reseeds them at every epoch from (seed, epoch) alone, so an epoch's randomness does not depend
+  on what ran before it (evaluations, a restarted process);
+- the training data is ordered by (seed, epoch) alone and can start part-way (``common.loaders.TensorBatchLoader``,
+  or ``EpochSeededSampler`` under a ``DataLoader``);
 - ``make_reproducible`` attaches both to a trainer and returns ``RandomStates``, the checkpoint entry that gives
-  every rank back its generators when a run resumes part-way through an epoch.
+  the generators back when a run resumes part-way through an epoch.
+
+Every rank of a data-parallel training draws from generators in the same state: per-sample random numbers
+(augmentation, noise, dropout) are drawn for the whole global batch and each rank keeps its rows
+(``common.data_parallel``), so the generators advance alike on every rank and a run in several processes follows
+the one-process trajectory. The states are therefore saved once, without gathering them from the ranks.
 
 Ignite resumes part-way through an epoch by counting that epoch from ``iteration % epoch_length``, but takes the
 batches from a fresh data iterator and leaves the random generators as they are. Its ``DeterministicEngine`` handles
@@ -51,26 +57,29 @@ import folder_locations
 CONFIG_FILE = "config.json"
 
 
-def seed_everything(seed: int, *, rank_offset: bool = True) -> None:
-    """Seed ``random``, ``numpy`` and ``torch`` (CPU and CUDA) in this process.
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, ``numpy`` and ``torch`` (CPU and CUDA) in this process with ``seed``, alike on every rank.
 
-    Args:
-        seed: the run's seed, a non-negative integer.
-        rank_offset: add the process rank to the seed (default), so ranks draw different dropout masks and
-            augmentations; the data order is shared by all ranks through ``EpochSeededSampler`` instead.
+    Ranks are not seeded apart (Ignite's examples add the rank): a data-parallel training draws every per-sample
+    random number for the whole global batch (module docstring), which needs the same generators on every rank.
     """
     _check_seed(seed)
-    manual_seed(seed + idist.get_rank() if rank_offset else seed)
+    manual_seed(seed)
+
+
+_RANK_IN_EPOCH_SEED = 0
+"""The place of the rank in ``seed_epoch``'s mix, from before ranks were seeded alike; kept at 0 so that one-process
+runs draw the numbers they always drew."""
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
-    """Seed every generator of this process for epoch ``epoch`` of the run seeded ``seed``.
+    """Seed every generator of this process for epoch ``epoch`` of the run seeded ``seed``, alike on every rank.
 
-    The seed is a function of (seed, rank, epoch) only, mixed by numpy's ``SeedSequence`` so neighbouring
-    epochs and ranks get unrelated streams.
+    The seed is a function of (seed, epoch) only, mixed by numpy's ``SeedSequence`` so neighbouring epochs get
+    unrelated streams.
     """
     _check_seed(seed)
-    mixed = np.random.SeedSequence([seed, idist.get_rank(), epoch]).generate_state(1)[0]
+    mixed = np.random.SeedSequence([seed, _RANK_IN_EPOCH_SEED, epoch]).generate_state(1)[0]
     manual_seed(int(mixed))
 
 
@@ -118,11 +127,13 @@ class EpochSeededSampler(DistributedSampler):
 
 
 class RandomStates(Serializable):
-    """Checkpoint entry with the python, numpy, torch and CUDA generator states of every rank, as tensors only.
+    """Checkpoint entry with the python, numpy, torch and CUDA generator states, as tensors only.
 
-    ``state_dict`` gathers the states of all ranks (call it on every rank, as ``Checkpoint`` does); after
-    ``load_state_dict`` each rank gets its own row back at the first batch of the resumed run, and only when
-    that run resumes part-way through an epoch (at an epoch start, ``seed_epoch`` has already set them).
+    The states are those of this process, which are those of every rank (module docstring), so saving them needs no
+    collective operation. Each tensor has a leading dimension of one row (checkpoints written when every rank's
+    states were gathered have one row per rank; the first is used). After ``load_state_dict`` the states are set
+    back at the first batch of the resumed run, and only when that run resumes part-way through an epoch (at an
+    epoch start, ``seed_epoch`` has already set them).
     """
 
     _state_dict_all_req_keys = ("python", "python_gauss", "numpy", "numpy_pos", "numpy_gauss", "torch")
@@ -135,20 +146,13 @@ class RandomStates(Serializable):
         trainer.add_event_handler(Events.GET_BATCH_STARTED | Events.ITERATION_STARTED, self._restore_pending)
 
     def state_dict(self) -> OrderedDict[str, torch.Tensor]:
-        """Every rank's generator states, each tensor stacked over ranks (first dimension = rank)."""
-        return OrderedDict((key, _stack_over_ranks(value)) for key, value in _local_random_states().items())
+        """This process's generator states, each tensor with a leading dimension of one."""
+        return OrderedDict((key, value.unsqueeze(0)) for key, value in _local_random_states().items())
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Keep this rank's row of ``state_dict`` for the resumed run's first batch."""
+        """Keep the states of ``state_dict`` for the resumed run's first batch."""
         super().load_state_dict(state_dict)
-        saved_ranks, rank = len(state_dict["torch"]), idist.get_rank()
-        if saved_ranks != idist.get_world_size():
-            warnings.warn(
-                f"resuming a {saved_ranks}-process run in {idist.get_world_size()} processes: the random streams "
-                "do not continue exactly",
-                stacklevel=2,
-            )
-        self._pending = {key: value[rank % saved_ranks] for key, value in state_dict.items()}
+        self._pending = {key: value[0] for key, value in state_dict.items()}
 
     def _restore_pending(self, engine: Engine) -> None:
         if self._pending is None:
@@ -189,11 +193,6 @@ def _set_local_random_states(states: Mapping[str, torch.Tensor]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(states["cuda"]))
-
-
-def _stack_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    row = tensor.unsqueeze(0)
-    return idist.all_gather(row).cpu() if idist.get_world_size() > 1 else row
 
 
 def make_reproducible(trainer: Engine, seed: int) -> RandomStates:
@@ -352,20 +351,6 @@ def resolve_device(name: str | None) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
-
-
-def autocast_context(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision for the forward pass: float16 on CUDA, bfloat16 elsewhere (CPU autocast supports only it).
-
-    The CPU path runs the same code as the GPU one, so tests exercise it; pair it with ``grad_scaler``.
-    """
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
-def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler | None:
-    """A loss scaler when ``autocast_context`` computes in float16 (CUDA), else None (bfloat16 needs none)."""
-    return torch.amp.GradScaler(device.type) if enabled and device.type == "cuda" else None
 
 
 @contextlib.contextmanager

@@ -320,9 +320,10 @@ def bin_centres(images: torch.Tensor) -> torch.Tensor:
 class BatchPipeline:
     """Apply batch transforms in order; the ``transform`` of :class:`common.loaders.TensorBatchLoader`.
 
-    Random steps bind their generator with ``functools.partial``; seed it from (seed, rank) so ranks differ::
+    Random steps bind their generator with ``functools.partial``; seed it alike on every rank (the loader transforms
+    the whole global batch on every rank, each keeping its block, so each sample gets its one-process draws)::
 
-        generator = torch.Generator().manual_seed(seed + rank)
+        generator = torch.Generator().manual_seed(seed)
         train_transform = BatchPipeline([
             partial(random_crop, size=32, padding=4, generator=generator),
             partial(random_horizontal_flip, generator=generator),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 
@@ -131,9 +132,14 @@ def build_demo_tiny(folder: Path, n_images: int, seed: int) -> Path:
 
 def prepare_tiny(config: InvGlowConfig, folder: Path, seed: int) -> None:
     """Demo scale: generate the Tiny subset a pretraining cell trains on into its ``folder`` (nothing to do at the
-    paper scale, whose subset ``create_tiny.py`` wrote once)."""
-    if config.scale == "demo":
+    paper scale, whose subset ``create_tiny.py`` wrote once). Under several processes (a data-parallel
+    pretraining) rank 0 writes it while the others wait."""
+    if config.scale != "demo":
+        return
+    if idist.get_rank() == 0:
         build_demo_tiny(folder / DEMO_TINY_FOLDER / "tiny-images", config.data.demo_tiny_images, seed)
+    if idist.get_world_size() > 1:
+        idist.barrier()
 
 
 def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

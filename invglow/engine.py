@@ -7,6 +7,11 @@ Eq. 2 loss (``"class"``) or the margin loss; steps with non-finite loss or gradi
 (``common.handlers.finite_step``), as the original skips them. Evaluation runs on bin centres, collects every
 image's per-scale log-densities (``common.metrics.CollectTensors``) and reports
 :func:`invglow.scores.evaluate_sets` (bits/dim per set, AUROC per score and OOD set).
+
+Under ``ignite.distributed`` (several processes) :func:`fit` trains data-parallel on the same global batches and
+trajectory as one process (``common.data_parallel``): each rank forwards its block of every batch, the
+log-densities are gathered so that the losses, the non-finite examples' recomputation and the logged values are
+those of the global batch, and each rank evaluates a contiguous block of the evaluation images.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import TensorboardLogger
+from torch import nn
 
+from common.data_parallel import MethodCalls, Shards, prepare_model
 from common.datasets import ImageSet
 from common.files import torch_save_atomically
 from common.handlers import SKIPPED_STEPS, count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
-from common.loaders import PairedLoader, TensorBatchLoader
+from common.loaders import PairedLoader, TensorBatchLoader, evaluation_loaders
 from common.metrics import CollectTensors
 from common.run import seed_everything
 from common.transforms import BatchPipeline, bin_centres, dequantize, random_crop, random_horizontal_flip
@@ -87,6 +95,7 @@ def create_trainer(
     base_model: Glow | None = None,
     outlier: OutlierLossConfig | None = None,
     non_finite_examples: NonFiniteExamples = "recompute",
+    replica: nn.Module | None = None,
 ) -> Engine:
     """Training engine; batches are ``(images, labels)``, or ``((images, labels), (outliers, _))`` with ``outlier``.
 
@@ -99,6 +108,10 @@ def create_trainer(
     Returns per step ``loss`` (total), ``bpd`` (in-distribution batch), ``non_finite_examples`` (examples dropped
     from both batches), and with an outlier loss ``outlier_loss`` (and ``wrong_class_loss`` for the supervised
     variant).
+
+    ``replica`` runs the forward passes: ``common.data_parallel.prepare_model(model, device)``, DDP under several
+    processes, whose batches are then each rank's block of the global batch; every value above is of the global
+    batch. Default: ``model`` itself, in one process.
     """
     if outlier is not None and outlier.kind == "class" and base_model is None:
         raise ValueError("outlier: the 'class' outlier loss needs base_model, the general (Tiny) model")
@@ -106,6 +119,7 @@ def create_trainer(
         raise ValueError(f"non_finite_examples: expected 'recompute' or 'skip_step', got {non_finite_examples!r}")
     n_dims = model.n_dims
     recompute = non_finite_examples == "recompute"
+    calls = replica if replica is not None else MethodCalls(model)
     supervised_class_loss = isinstance(model, ClassConditionalGlow) and outlier is not None and outlier.kind == "class"
 
     def base_log_density(images: torch.Tensor) -> torch.Tensor:
@@ -116,25 +130,27 @@ def create_trainer(
     def inlier_forward(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """log p(x) (true class), log p(x | c) per class (supervised), base log p (for the wrong-class loss)."""
         if isinstance(model, ClassConditionalGlow):
-            class_log_densities = model.class_log_densities(images)
+            class_log_densities = calls("class_log_densities", images)
             log_density = class_log_densities.gather(1, labels[:, None]).squeeze(1)
         else:
-            class_log_densities, log_density = None, model(images)[1].sum(1)
+            class_log_densities, log_density = None, calls("forward", images)[1].sum(1)
         return log_density, class_log_densities, base_log_density(images) if supervised_class_loss else None
 
     def outlier_forward(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """log p of the trained model, and of the base model for the 'class' outlier loss."""
         class_loss = outlier is not None and outlier.kind == "class"
-        return model(images)[1].sum(1), base_log_density(images) if class_loss else None
+        return calls("forward", images)[1].sum(1), base_log_density(images) if class_loss else None
 
     def step(engine: Engine, batch: Any) -> dict[str, float]:
-        model.train()
+        calls.train()
         optimizer.zero_grad(set_to_none=True)
         (images, labels), outliers = (batch, None) if outlier is None else batch
+        counts = (len(labels),) if outliers is None else (len(labels), len(outliers[1]))
+        inlier_shards, *outlier_shards = Shards.exchange(*counts)
         (log_density, class_log_densities, base_in), labels = forward_on_finite_examples(
-            inlier_forward, images, labels, recompute
+            inlier_forward, images, labels, recompute, inlier_shards
         )
-        dropped = len(images) - len(labels)
+        dropped = inlier_shards.total - len(labels)
         nll = nll_nats(log_density, n_dims)
         loss = nll.mean()
         output = {"bpd": float(bits_per_dim(log_density.detach(), n_dims).mean())}
@@ -144,9 +160,9 @@ def create_trainer(
             output["wrong_class_loss"] = float(wrong.detach())
         if outlier is not None:
             (log_density_out, base_out), kept = forward_on_finite_examples(
-                outlier_forward, outliers[0], outliers[1], recompute
+                outlier_forward, outliers[0], outliers[1], recompute, outlier_shards[0]
             )
-            dropped += len(outliers[0]) - len(kept)
+            dropped += outlier_shards[0].total - len(kept)
             extra = _outlier_term(log_density_out, base_out, nll, n_dims, outlier)
             loss = loss + extra
             output["outlier_loss"] = float(extra.detach())
@@ -166,6 +182,7 @@ def forward_on_finite_examples(
     images: torch.Tensor,
     labels: torch.Tensor,
     recompute: bool = True,
+    shards: Shards | None = None,
 ) -> tuple[tuple[torch.Tensor | None, ...], torch.Tensor]:
     """``forward(images, labels)``, recomputed on the examples whose outputs are all finite (the original's
     ``BaseFineIndependent.get_nlls``, reference note §3).
@@ -175,19 +192,24 @@ def forward_on_finite_examples(
     loss and gradients come from them alone. With fewer finite examples, or ``recompute=False``, the outputs are
     returned as they are (the step is then skipped by :func:`common.handlers.finite_step`).
 
+    With ``shards`` (several processes, each holding its block of the global batch) the outputs are gathered from
+    every rank and the decisions are taken on the global batch, alike on every rank, as in one process.
+
     Returns:
-        The outputs of the last forward, and the labels of the examples they belong to.
+        The outputs of the last forward, and the labels of the examples they belong to (of the global batch).
     """
-    outputs = forward(images, labels)
+    shards = shards if shards is not None else Shards((len(labels),), 0)
+    *outputs, all_labels = shards.gather(*forward(images, labels), labels)
     while recompute:
         rows = [output.detach().reshape(len(output), -1).sum(1) for output in outputs if output is not None]
         finite = torch.stack(rows).isfinite().all(0)
         n_finite = int(finite.sum())
-        if n_finite == len(images) or n_finite <= len(images) // 4:
+        if n_finite == shards.total or n_finite <= shards.total // 4:
             break
-        images, labels = images[finite], labels[finite]
-        outputs = forward(images, labels)
-    return outputs, labels
+        mine = finite[shards.mine]
+        images, labels, shards = images[mine], labels[mine], shards.select(finite)
+        *outputs, all_labels = shards.gather(*forward(images, labels), labels)
+    return tuple(outputs), all_labels
 
 
 def _outlier_term(
@@ -240,10 +262,12 @@ def create_evaluator(model: Flow, evaluation: EvalSets, base_model: Glow | None 
 
 
 def eval_loader(evaluation: EvalSets, batch_size: int, device: torch.device) -> TensorBatchLoader:
-    """Batches of ``evaluation``'s images in index order (so collected likelihoods align with them), bin-centred."""
-    return TensorBatchLoader(
-        evaluation.images, evaluation.set_ids, batch_size, transform=eval_transform(), device=device
-    )
+    """Batches of ``evaluation``'s images in index order, bin-centred; under several processes this rank's
+    contiguous block of them (``common.loaders.evaluation_loaders``), so that the likelihoods collected from the
+    ranks align with the images."""
+    sets = [(evaluation.images, evaluation.set_ids)]
+    (loader,) = evaluation_loaders(sets, batch_size, transform=eval_transform(), device=device)
+    return loader
 
 
 def attach_score_histograms(
@@ -309,6 +333,11 @@ def fit(
     the first ``train.init_batches`` training batches; a finetuned model starts from the (initialised) Tiny model.
     ``outlier`` adds its loss on one batch of ``outlier_images`` beside every training batch.
 
+    Under ``ignite.distributed`` every rank calls ``fit`` with the same arguments (``device`` = ``idist.device()``):
+    ``train.batch_size`` is the global batch, each rank trains on its block of it through DDP, and the run follows
+    the one-process trajectory (module docstring). Rank 0 writes the checkpoints, tensorboard and ``model.pt``;
+    every rank returns the same metrics.
+
     Returns:
         The final evaluator's ``state.metrics`` (:func:`create_evaluator`) and ``skipped_steps``.
     """
@@ -339,7 +368,8 @@ def fit(
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
-    torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
+    if idist.get_rank() == 0:
+        torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
     return {**evaluator.state.metrics, SKIPPED_STEPS: float(getattr(trainer.state, SKIPPED_STEPS))}
 
 
@@ -354,10 +384,14 @@ def _training(
     outlier: OutlierLossConfig | None,
     outlier_images: torch.Tensor | None,
 ) -> tuple[Engine, torch.optim.Optimizer, TensorBatchLoader | PairedLoader]:
-    """The trainer, its Adamax optimizer and its training batches; ActNorms initialised if trained from scratch."""
+    """The trainer, its Adamax optimizer and its training batches; ActNorms initialised if trained from scratch.
+
+    The data-dependent ActNorm initialisation runs on the whole first batches, alike on every rank, before DDP
+    copies rank 0's parameters to the others (it must not see one rank's block only: glow-pytorch issue #2).
+    """
     loader: TensorBatchLoader | PairedLoader = _train_loader(train_set, train, seed, flip, device)
     if base_model is None:
-        batches = [loader.batch_at(0, i)[0] for i in range(min(train.init_batches, len(loader)))]
+        batches = [loader.global_batch_at(0, i)[0] for i in range(min(train.init_batches, len(loader)))]
         initialize_actnorms(model, torch.cat(batches))
     if outlier is not None:
         if outlier_images is None:
@@ -366,7 +400,12 @@ def _training(
         loader = PairedLoader(loader, _train_loader(outlier_set, train, seed + 1, flip, device))
     optimizer = torch.optim.Adamax(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     trainer = create_trainer(
-        model, optimizer, base_model=base_model, outlier=outlier, non_finite_examples=train.non_finite_examples
+        model,
+        optimizer,
+        base_model=base_model,
+        outlier=outlier,
+        non_finite_examples=train.non_finite_examples,
+        replica=prepare_model(model, device),
     )
     return trainer, optimizer, loader
 
@@ -375,7 +414,8 @@ def _train_loader(
     images: ImageSet, train: TrainConfig, seed: int, flip: bool, device: torch.device
 ) -> TensorBatchLoader:
     # The global generator is reseeded every epoch and checkpointed mid-epoch (common.run.make_reproducible), so
-    # augmentation and dequantization noise continue exactly after a resume.
+    # augmentation and dequantization noise continue exactly after a resume; it is in the same state on every rank,
+    # and the loader transforms the whole global batch, so each image gets its one-process noise.
     transform = train_transform(torch.default_generator, train.translate_pixels, flip)
     return TensorBatchLoader(
         images.images, images.labels, train.batch_size, shuffle=True, drop_last=True, transform=transform,
@@ -387,3 +427,5 @@ def load_model(model: Flow, path: Path, device: torch.device) -> Flow:
     """``model`` with the state dict saved at ``path`` (a ``model.pt`` that :func:`fit` wrote), on ``device``."""
     model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     return model.to(device)
+
+

@@ -380,6 +380,7 @@ PAPER = Paper(
             tables_cells,
             tables_table,
             cpu_threads=cpu_threads,
+            data_parallel=True,
         ),
         Experiment(
             "local_vs_semantic",
@@ -388,6 +389,7 @@ PAPER = Paper(
             local_semantic_cells,
             local_semantic_table,
             cpu_threads=cpu_threads,
+            data_parallel=True,
         ),
     ),
 )

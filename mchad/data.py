@@ -6,7 +6,11 @@ the scaling and normalisation (the original gives outliers the test transform). 
 torch's default generator, so an interrupted run resumes with the same crops (``common.run.RandomStates``).
 
 Evaluation data: the ID test set followed by each OOD set; OOD set k carries the label −(k + 1), so one pass
-gives the scores of every test case (ID test ∪ OOD set k) and labels < 0 still mean OOD.
+gives the scores of every test case (ID test ∪ OOD set k) and labels < 0 still mean OOD. Under several processes
+each rank evaluates a contiguous block of that sequence (``common.loaders.evaluation_loaders``).
+
+Training batches are global (``train.batch_size`` ID and ``train.outlier_batch_size`` outlier images over all
+ranks, each rank taking its block, ``common.loaders.TensorBatchLoader``).
 
 An :data:`ImageCache` (one dict per dataset, kept by :mod:`mchad.experiments` for the cells a process runs) lets the
 methods and seeds of a dataset share the ID splits and the file-backed OOD sets instead of reading them again;
@@ -24,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 
 from common.datasets import ImageSet, load
-from common.loaders import Batch, PairedLoader, TensorBatchLoader
+from common.loaders import Batch, PairedLoader, TensorBatchLoader, evaluation_loaders
 from common.transforms import BatchPipeline, normalize, random_crop, random_horizontal_flip, resize, to_float
 from mchad.config import HELD_OUT_DIGITS, DatasetConfig, TrainConfig
 
@@ -206,14 +210,9 @@ def build_run_data(
         loader = PairedLoader(loader, outlier_loader)
     if dataset.max_batches is not None and dataset.max_batches < len(loader):
         loader = LimitedLoader(loader, dataset.max_batches)
-    test_images, test_labels = in_distribution(dataset, "test", cache)
-    evaluation = [
-        TensorBatchLoader(test_images, test_labels, train.eval_batch_size, transform=test_transform, device=device)
-    ]
+    sets = [in_distribution(dataset, "test", cache)]
     for k, (_, source) in enumerate(dataset.ood_sets):
         ood_images = ood_set(dataset, source, train, seed, cache)
-        ood_labels = torch.full((len(ood_images),), -(k + 1), dtype=torch.int64)
-        evaluation.append(
-            TensorBatchLoader(ood_images, ood_labels, train.eval_batch_size, transform=test_transform, device=device)
-        )
+        sets.append((ood_images, torch.full((len(ood_images),), -(k + 1), dtype=torch.int64)))
+    evaluation = evaluation_loaders(sets, train.eval_batch_size, transform=test_transform, device=device)
     return RunData(loader, ChainedBatches(evaluation), tuple(name for name, _ in dataset.ood_sets))

@@ -8,6 +8,12 @@ original (reference mchad.md §2.2). The evaluator scores one pass over the ID t
 −(k + 1), see :mod:`mchad.data`) and computes closed-set accuracy and, per OOD set, the metrics of
 ``common.metrics`` on ID test ∪ that set (never pooled over OOD sets, §3.1). :func:`fit` is the one way to train
 and test one model.
+
+Under ``ignite.distributed`` (several processes) :func:`fit` trains data-parallel on the global batches and
+trajectory of one process (``common.data_parallel``): each rank forwards its block of the ID batch and of the
+outlier batch; BatchNorm uses the statistics of the whole global batch (``SyncBatchNorm``); dropout masks are drawn
+for the whole batch; the embeddings, distances and logits are gathered, so that every objective (also the sums
+of the "original" normalisation and II's batch class means) and the logged values are those of the global batch.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 from torch import nn
 from torch.optim import Adam
 
+from common.data_parallel import MethodCalls, Shards, global_batch_rows, prepare_model
 from common.handlers import finite_step, log_histogram, log_pr_curve, setup_handlers
 from common.metrics import CollectTensors, OODMetrics
 from common.run import seed_everything
@@ -105,20 +112,54 @@ def merge_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([images, outlier_images]), torch.cat([labels, outlier_labels])
 
 
+def segment_sizes(batch: Any) -> tuple[int, ...]:
+    """Rows of each part of a batch: ``(B_in,)``, or ``(B_in, B_out)`` for an (ID batch, outlier batch) pair."""
+    if isinstance(batch[0], torch.Tensor):
+        return (len(batch[1]),)
+    return len(batch[0][1]), len(batch[1][1])
+
+
+def gather_output(
+    output: CenterOutput, labels: torch.Tensor, segments: tuple[Shards, ...]
+) -> tuple[CenterOutput, torch.Tensor]:
+    """The output and labels of the whole global batch (each segment gathered from every rank, in segment order)."""
+    if all(len(segment.sizes) == 1 for segment in segments):
+        return output, labels
+    parts, start = [], 0
+    for segment in segments:
+        rows = slice(start, start + segment.sizes[segment.rank])
+        start = rows.stop
+        parts.append(segment.gather(*(None if part is None else part[rows] for part in output), labels[rows]))
+    *fields, all_labels = (None if part[0] is None else torch.cat(part) for part in zip(*parts, strict=True))
+    return CenterOutput(*fields), all_labels
+
+
 def create_trainer(
-    model: CenterNet, objective: Objective, optimizer: torch.optim.Optimizer, method: MethodConfig
+    model: CenterNet,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    method: MethodConfig,
+    replica: nn.Module | None = None,
 ) -> Engine:
     """Trainer whose step returns the total loss, each unweighted term and the batch accuracy on ID samples.
 
     Non-finite steps are skipped and counted (``common.handlers.finite_step``). For II the running centers are
     reset at the start of every epoch, as the original does (not when resuming part-way through an epoch).
+
+    ``replica`` runs the forward pass: ``common.data_parallel.prepare_model(model, device)``, DDP under several
+    processes, whose batches are then each rank's blocks of the global ID and outlier batches; the objective and
+    every returned value are of the global batch. Default: ``model`` itself, in one process.
     """
+    calls = replica if replica is not None else MethodCalls(model)
 
     def step(engine: Engine, batch: Any) -> dict[str, float]:
-        model.train()
+        calls.train()
         images, labels = merge_batch(batch)
+        segments = Shards.exchange(*segment_sizes(batch))
         optimizer.zero_grad(set_to_none=True)
-        output = model(images)
+        with global_batch_rows(segments):
+            output = calls("forward", images)
+        output, labels = gather_output(output, labels, segments)
         loss = objective(model, output, labels)
         loss.total.backward()
         finite_step(engine, loss.total, optimizer)
@@ -234,19 +275,25 @@ def fit(
     Tensorboard events and checkpoints go to ``folder``; the training continues from the newest intact checkpoint
     found there, and one that had finished is only tested again. ``cache`` shares images between trainings.
 
+    Under ``ignite.distributed`` every rank calls ``fit`` with the same arguments (``device`` = ``idist.device()``):
+    the batch sizes of ``train`` are global, each rank trains on its block of every batch through DDP, and the run
+    follows the one-process trajectory (module docstring). Rank 0 writes the checkpoints and tensorboard; every rank
+    returns the same metrics.
+
     Returns:
         The evaluator's metrics (fractions): ``accuracy`` and, per score kind, ``{OOD set: {metric: value}}``.
     """
     seed_everything(seed)
     data = build_run_data(dataset, train, outliers=method.outliers, seed=seed, device=device, cache=cache)
     model = build_model(method, dataset, train).to(device)
+    replica = prepare_model(model, device)  # several processes: SyncBatchNorm, DDP
     optimizer = Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     # One cosine decay from lr to 0, stepped every batch: the original's CosineAnnealingWarmRestarts with
     # T_0 = epochs × limit_train_batches (3920 on CIFAR-10, whose epochs have only 391 batches),
     # lr_k = lr·(1 + cos(πk/T_0))/2 at step k.
     period = max(dataset.epochs * (dataset.max_batches or len(data.train)), 2)
     scheduler = CosineAnnealingScheduler(optimizer, "lr", start_value=train.lr, end_value=0.0, cycle_size=period)
-    trainer = create_trainer(model, build_objective(method, dataset.n_classes), optimizer, method)
+    trainer = create_trainer(model, build_objective(method, dataset.n_classes), optimizer, method, replica)
     evaluator = create_evaluator(model, method, data.ood_names)
     handlers = setup_handlers(
         trainer,

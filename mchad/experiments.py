@@ -142,6 +142,7 @@ PAPER = Paper(
             cells,
             table,
             cpu_threads=lambda config: config.train.cpu_threads,
+            data_parallel=True,
         ),
     ),
 )

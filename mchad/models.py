@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.data_parallel import batch_dropout
+
 WRN_WIDTHS = (16, 32, 64)  # channels of the three groups before widening; the stem has 16 (Zagoruyko & Komodakis)
 
 
@@ -46,8 +48,8 @@ class _WideBlock(nn.Module):
         # When the shape changes, the shortcut also starts from the activated input (Hendrycks' layout).
         shortcut = x if self.convShortcut is None else self.convShortcut(activated)
         out = F.relu(self.bn2(self.conv1(activated)), inplace=True)
-        if self.dropout > 0:
-            out = F.dropout(out, p=self.dropout, training=self.training)
+        if self.dropout > 0:  # F.dropout, with the mask of the global batch under data parallelism
+            out = batch_dropout(out, p=self.dropout, training=self.training)
         return shortcut + self.conv2(out)
 
 

@@ -1,4 +1,4 @@
-"""Seeding, run folders, recorded configs, devices, mixed precision, tensorboard and the non-finite guard."""
+"""Seeding, run folders, recorded configs, devices, tensorboard and the non-finite guard."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import io
 import platform
 import random
 import subprocess
-import warnings
 from pathlib import Path
 
 import cv2
@@ -37,9 +36,7 @@ from common.handlers import (
 from common.metrics import CollectTensors
 from common.run import (
     EpochSeededSampler,
-    autocast_context,
     create_run_dir,
-    grad_scaler,
     plain,
     resolve_device,
     run_metadata,
@@ -67,8 +64,8 @@ def test_seed_everything_repeats_every_generator() -> None:
     assert first[0] != other[0] and first[1] != other[1] and not torch.equal(first[2], other[2])
 
 
-def test_seed_everything_without_rank_offset_is_manual_seed() -> None:
-    seed_everything(5, rank_offset=False)
+def test_seed_everything_is_manual_seed_on_every_rank() -> None:
+    seed_everything(5)
     ours = draw_from_every_generator()
     random.seed(5), np.random.seed(5), torch.manual_seed(5)
     reference = draw_from_every_generator()
@@ -164,7 +161,7 @@ def test_plain_turns_dataclasses_also_inside_mappings_into_objects() -> None:
     }  # dataclasses inside a mapping are objects, not their repr; JSON writes tuples and paths as lists and text
 
 
-# Device and mixed precision
+# Device
 
 
 def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,24 +174,6 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_device("cuda")
     with pytest.raises(ValueError, match="not a torch device"):
         resolve_device("gpu0")
-
-
-def test_autocast_runs_bfloat16_matmuls_on_cpu() -> None:
-    a, b = torch.randn(4, 5), torch.randn(5, 3)
-    with autocast_context(torch.device("cpu"), enabled=True):
-        low = a @ b
-    with autocast_context(torch.device("cpu"), enabled=False):
-        full = a @ b
-    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
-    torch.testing.assert_close(low.float(), a @ b, rtol=2e-2, atol=2e-2)
-
-
-def test_grad_scaler_only_for_cuda_float16() -> None:
-    assert grad_scaler(torch.device("cpu"), enabled=True) is None
-    assert grad_scaler(torch.device("cuda"), enabled=False) is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch warns that the CUDA scaler is disabled on a CPU-only machine
-        assert isinstance(grad_scaler(torch.device("cuda"), enabled=True), torch.amp.GradScaler)
 
 
 # Non-finite guard

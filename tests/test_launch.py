@@ -10,11 +10,12 @@ import pytest
 import torch
 from ignite.engine import Engine
 from torch import nn
-from torch.utils.data import TensorDataset
 
+from common.data_parallel import prepare_model
 from common.handlers import finite_step, latest_checkpoint, setup_handlers
 from common.launch import launch
-from common.run import EpochSeededSampler, create_run_dir, seed_everything
+from common.loaders import TensorBatchLoader
+from common.run import create_run_dir, seed_everything
 
 SEED = 5
 GLOBAL_BATCH = 16
@@ -28,15 +29,17 @@ def train_linear(local_rank: int, config: dict[str, Any]) -> None:
     seed_everything(SEED)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(200, 8, generator=generator)
-    dataset = TensorDataset(x, x @ torch.randn(8, 1, generator=generator))
-    # auto_dataloader divides the batch over the ranks, so every step sees the same global batch.
-    loader = idist.auto_dataloader(dataset, batch_size=GLOBAL_BATCH, sampler=EpochSeededSampler(dataset, seed=SEED))
-    model = idist.auto_model(nn.Linear(8, 1))  # DDP copies rank 0's initial weights to the other ranks
+    # Each rank takes its block of every global batch (8 of 16; 4 of the last 8), so every step sees the same batch.
+    loader = TensorBatchLoader(x, torch.arange(200), GLOBAL_BATCH, shuffle=True, seed=SEED)
+    targets = x @ torch.randn(8, 1, generator=generator)
+    model = nn.Linear(8, 1)
+    replica = prepare_model(model, torch.device("cpu"))  # DDP copies rank 0's initial weights to the other ranks
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     def train_step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+        inputs, rows = batch
+        loss = nn.functional.mse_loss(replica("forward", inputs), targets[rows])
         loss.backward()
         finite_step(engine, loss, optimizer)
         return loss.item()
@@ -48,10 +51,10 @@ def train_linear(local_rank: int, config: dict[str, Any]) -> None:
     )
     trainer.run(loader, max_epochs=EPOCHS)
     (out / f"run_dir_world{world_size}_rank{rank}.txt").write_text(str(run_dir))
+    torch.save(torch.get_rng_state(), out / f"rng_world{world_size}_rank{rank}.pt")
     if rank == 0:
         handlers.tb_logger.close()
-        weights = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).state_dict()
-        torch.save({"weights": weights, "local_rank": local_rank}, out / f"result_world{world_size}.pt")
+        torch.save({"weights": model.state_dict(), "local_rank": local_rank}, out / f"result_world{world_size}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_two_gloo_processes_reach_the_weights_of_one_process(results: Path) -> N
     assert not torch.allclose(one["weights"]["weight"], start["weight"])
 
 
-def test_every_rank_gets_rank_0s_run_folder_and_rank_0_checkpoints_all_random_streams(results: Path) -> None:
+def test_every_rank_gets_rank_0s_run_folder_and_rank_0_checkpoints_the_shared_random_streams(results: Path) -> None:
     folders = {(results / f"run_dir_world2_rank{rank}.txt").read_text() for rank in (0, 1)}
     assert len(folders) == 1
     run_dir = Path(folders.pop())
@@ -81,15 +84,18 @@ def test_every_rank_gets_rank_0s_run_folder_and_rank_0_checkpoints_all_random_st
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None and checkpoint.name == f"checkpoint_{EPOCHS * -(-200 // GLOBAL_BATCH)}.pt"
     rng = torch.load(checkpoint, weights_only=True)["rng"]
-    assert rng["torch"].shape[0] == 2  # one row per rank, gathered from both processes
-    assert not torch.equal(rng["torch"][0], rng["torch"][1])  # ranks are seeded apart
+    assert rng["torch"].shape[0] == 1  # every rank's generators are in the same state: saved once
+    states = [torch.load(results / f"rng_{run}.pt", weights_only=True) for run in ("world2_rank0", "world2_rank1")]
+    assert torch.equal(states[0], states[1])
+    assert torch.equal(states[0], torch.load(results / "rng_world1_rank0.pt", weights_only=True))  # as one process
 
 
 def test_launch_rejects_backends_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'nccl' needs CUDA GPUs"):
         launch(train_linear, {}, nproc_per_node=2, backend="nccl")
-    with pytest.raises(ValueError, match=r"'no-such-backend' is not available.*available: \['gloo'"):
+    # The CPU build lists ['gloo'], the CUDA build ['nccl', 'gloo'] (and maybe more): gloo is in both.
+    with pytest.raises(ValueError, match=r"'no-such-backend' is not available.*available: \[.*'gloo'.*\]"):
         launch(train_linear, {}, nproc_per_node=2, backend="no-such-backend")
     with pytest.raises(ValueError, match="needs a backend"):
         launch(train_linear, {}, nproc_per_node=2)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from common.loaders import PairedLoader, TensorBatchLoader
+from common.loaders import PairedLoader, TensorBatchLoader, evaluation_loaders, rank_block
 from common.run import make_reproducible
 from common.transforms import to_float
 
@@ -69,28 +70,57 @@ def test_without_shuffle_samples_come_in_index_order() -> None:
     assert torch.equal(epoch_labels(loader), torch.arange(50))
 
 
-def test_two_ranks_get_disjoint_shards_that_cover_the_set() -> None:
+def test_each_rank_takes_a_contiguous_block_of_every_global_batch() -> None:
     images, labels = indexed_set(256)
+    one = TensorBatchLoader(images, labels, 32, shuffle=True, seed=1)
     ranks = [TensorBatchLoader(images, labels, 32, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 4
-    shards = [epoch_labels(loader) for loader in ranks]
-    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
-    assert torch.equal(torch.cat(shards).sort().values, torch.arange(256))
+    assert len(ranks[0]) == len(ranks[1]) == len(one) == 8  # batch_size is the global batch
+    for whole, *blocks in zip(one, *ranks, strict=True):
+        assert [len(block[1]) for block in blocks] == [16, 16]
+        assert torch.equal(torch.cat([block[1] for block in blocks]), whole[1])  # rank order = one-process order
+        assert all(torch.equal(decode(block[0]), block[1]) for block in blocks)
 
 
-def test_uneven_shards_wrap_around_or_drop_to_equal_batch_counts() -> None:
+def test_a_smaller_last_batch_splits_unevenly_and_random_transforms_follow_the_samples() -> None:
     images, labels = indexed_set(101)
-    padded = [TensorBatchLoader(images, labels, 10, shuffle=True, rank=r, world_size=2) for r in (0, 1)]
-    assert len(padded[0]) == len(padded[1]) == 6  # 51 samples per rank
-    shards = torch.cat([epoch_labels(loader) for loader in padded])
-    assert len(shards) == 102 and set(shards.tolist()) == set(range(101))
-    dropped = [
-        TensorBatchLoader(images, labels, 10, drop_last=True, shuffle=True, rank=r, world_size=2) for r in (0, 1)
-    ]
-    assert len(dropped[0]) == len(dropped[1]) == 5  # 50 samples per rank, full batches only
-    shards = [epoch_labels(loader) for loader in dropped]
-    assert all(len(shard) == 50 for shard in shards)
-    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
+    generator = torch.Generator().manual_seed(0)
+    noise = lambda batch: batch.float() + torch.rand(batch.shape, generator=generator)  # noqa: E731
+    whole = list(TensorBatchLoader(images, labels, 10, shuffle=True, transform=noise))
+    blocks = []
+    for rank in (0, 1):
+        generator.manual_seed(0)  # every rank's generator in the same state
+        options = {"shuffle": True, "transform": noise, "rank": rank, "world_size": 2}
+        blocks.append(list(TensorBatchLoader(images, labels, 10, **options)))
+    assert [len(batch[1]) for batch in blocks[0]] == [5] * 10 + [1]
+    assert [len(batch[1]) for batch in blocks[1]] == [5] * 10 + [0]
+    for one, first, second in zip(whole, *blocks, strict=True):
+        assert torch.equal(torch.cat([first[0], second[0]]), one[0])  # each sample gets its one-process noise
+    dropped = TensorBatchLoader(images, labels, 10, drop_last=True, shuffle=True, rank=1, world_size=2)
+    assert len(dropped) == 10
+    with pytest.raises(ValueError, match="multiple of 2"):
+        TensorBatchLoader(images, labels, 9, rank=0, world_size=2)
+
+
+def test_rank_blocks_split_like_tensor_split() -> None:
+    for count in (0, 1, 7, 8, 9):
+        expected = torch.arange(count).tensor_split(3)
+        for rank in range(3):
+            assert torch.equal(torch.arange(count)[rank_block(count, rank, 3)], expected[rank])
+
+
+def test_evaluation_blocks_cover_the_sets_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = [indexed_set(7), (indexed_set(12)[0][3:], torch.arange(3, 12))]  # labels = the index each image spells
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(idist, "get_rank", lambda rank=rank: rank)
+        monkeypatch.setattr(idist, "get_world_size", lambda: 3)
+        loaders = evaluation_loaders(sets, 4, transform=None)
+        assert all(loader.batch_size == 2 for loader in loaders)  # the global batch over 3 ranks, rounded up
+        seen.extend(epoch_labels(loader) for loader in loaders)
+    assert torch.equal(torch.cat(seen), torch.cat([torch.arange(7), torch.arange(3, 12)]))
+    monkeypatch.setattr(idist, "get_world_size", lambda: 20)
+    with pytest.raises(ValueError, match="16 samples cannot be evaluated by 20 processes"):
+        evaluation_loaders(sets, 4)
 
 
 def test_drop_last_keeps_only_full_batches() -> None:
