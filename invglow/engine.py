@@ -31,7 +31,14 @@ from torch import nn
 from common.data_parallel import MethodCalls, Shards, prepare_model
 from common.datasets import ImageSet
 from common.files import torch_save_atomically
-from common.handlers import SKIPPED_STEPS, count_skipped_steps, finite_step, log_histogram, log_images, setup_handlers
+from common.handlers import (
+    count_skipped_steps,
+    finite_step,
+    log_histogram,
+    log_images,
+    setup_handlers,
+    training_counts,
+)
 from common.loaders import PairedLoader, TensorBatchLoader, evaluation_loaders
 from common.metrics import CollectTensors
 from common.run import seed_everything
@@ -339,7 +346,7 @@ def fit(
     every rank returns the same metrics.
 
     Returns:
-        The final evaluator's ``state.metrics`` (:func:`create_evaluator`) and ``skipped_steps``.
+        The final evaluator's ``state.metrics`` (:func:`create_evaluator`), ``steps`` and ``skipped_steps``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     evaluator = create_evaluator(model, evaluation, base_model)
@@ -370,7 +377,7 @@ def fit(
             handlers.tb_logger.close()
     if idist.get_rank() == 0:
         torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
-    return {**evaluator.state.metrics, SKIPPED_STEPS: float(getattr(trainer.state, SKIPPED_STEPS))}
+    return {**evaluator.state.metrics, **training_counts(trainer)}
 
 
 def _training(

@@ -322,7 +322,7 @@ def _from_scratch(kind: ModelKind, in_name: str, seed: int, context: RunContext)
         progress=context.progress,
     )
     values = {f"AUROC-raw/{ood}": metrics[f"AUROC-raw/{ood}"] for ood in evaluation.names[1:]}
-    values["bpd"] = metrics[f"bpd/{in_name}"]
+    values |= {"bpd": metrics[f"bpd/{in_name}"], "steps": metrics["steps"], "skipped_steps": metrics["skipped_steps"]}
     likelihoods = metrics[LIKELIHOODS]["fine"]
     if kind == "full":
         torch_save_atomically(likelihoods, context.folder / FULL_LIKELIHOODS)

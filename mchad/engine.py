@@ -31,7 +31,7 @@ from torch import nn
 from torch.optim import Adam
 
 from common.data_parallel import MethodCalls, Shards, global_batch_rows, prepare_model
-from common.handlers import finite_step, log_histogram, log_pr_curve, setup_handlers
+from common.handlers import finite_step, log_histogram, log_pr_curve, setup_handlers, training_counts
 from common.metrics import CollectTensors, OODMetrics
 from common.run import seed_everything
 from mchad.config import DatasetConfig, MethodConfig, TrainConfig
@@ -281,7 +281,8 @@ def fit(
     returns the same metrics.
 
     Returns:
-        The evaluator's metrics (fractions): ``accuracy`` and, per score kind, ``{OOD set: {metric: value}}``.
+        The evaluator's metrics (fractions): ``accuracy`` and, per score kind, ``{OOD set: {metric: value}}``; and the
+        training's ``steps`` and ``skipped_steps``.
     """
     seed_everything(seed)
     data = build_run_data(dataset, train, outliers=method.outliers, seed=seed, device=device, cache=cache)
@@ -319,7 +320,8 @@ def fit(
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
-    return {name: value for name, value in evaluator.state.metrics.items() if name != OUTPUTS}
+    metrics = {name: value for name, value in evaluator.state.metrics.items() if name != OUTPUTS}
+    return {**metrics, **training_counts(trainer)}
 
 
 def collected(output: dict[str, Any]) -> dict[str, torch.Tensor]:

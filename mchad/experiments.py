@@ -70,8 +70,11 @@ def train_cell(dataset: DatasetConfig, method: MethodConfig, seed: int, context:
 
 
 def cell_values(metrics: Mapping[str, Any], method: MethodConfig) -> dict[str, Any]:
-    """The evaluator's metrics as ``{"accuracy": %, "scores": {kind: {OOD set: {paper column: %}}}}``."""
+    """The evaluator's metrics as ``{"accuracy": %, "scores": {kind: {OOD set: {paper column: %}}}}``, with the
+    training's ``steps`` and ``skipped_steps``."""
     return {
+        "steps": metrics["steps"],
+        "skipped_steps": metrics["skipped_steps"],
         "accuracy": 100 * metrics["accuracy"],
         "scores": {
             kind: {

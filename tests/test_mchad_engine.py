@@ -177,7 +177,7 @@ def test_resumed_fit_ends_with_the_results_of_an_uninterrupted_one(
         assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint_12.pt"
         resumed = fit(method, dataset, train, 0, tmp_path / "resumed", device=CPU, progress=False)
         assert resumed == reference
-        assert set(reference) == {"accuracy", "distance"}  # the collected tensors are not among the results
+        assert set(reference) == {"accuracy", "distance", "steps", "skipped_steps"}  # not the collected tensors
         # A finished training is tested again, not retrained: a step would crash.
         crashing_trainer(monkeypatch, 1)
         again = fit(method, dataset, train, 0, tmp_path / "uninterrupted", device=CPU, progress=False)

@@ -72,6 +72,7 @@ def test_one_cell_runs_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert list((run_dir / "digits-0-5" / "g-mchad" / "seed-0").glob("events.out.tfevents.*"))
     values = json.loads((run_dir / "digits-0-5" / "g-mchad" / "seed-0" / "result.json").read_text())["values"]
     assert set(values["scores"]["distance"]) == {name for name, _ in DIGITS.ood_sets}
+    assert values["skipped_steps"] == 0 and values["steps"] > 0  # the training's counts are in the result
 
 
 def test_shards_and_report_give_the_table_of_an_unsharded_run_bit_for_bit(
@@ -151,7 +152,8 @@ def test_paper_aupr_names_follow_the_old_pytorch_ood_convention() -> None:
     # the OOD prevalence (as II's 27.95 on SVHN), and "AUPR-OUT" at the ID prevalence.
     generator = torch.Generator().manual_seed(0)
     is_ood = torch.arange(1100) >= 1000
-    metrics = {"accuracy": 0.5, "distance": {"set": ood_metrics(torch.rand(1100, generator=generator), is_ood)}}
+    metrics = {"accuracy": 0.5, "steps": 9, "skipped_steps": 0}
+    metrics["distance"] = {"set": ood_metrics(torch.rand(1100, generator=generator), is_ood)}
     values = experiments.cell_values(metrics, METHODS["MCHAD"])
     assert values["scores"]["distance"]["set"]["AUPR-IN"] == pytest.approx(100 * 100 / 1100, abs=4)
     assert values["scores"]["distance"]["set"]["AUPR-OUT"] == pytest.approx(100 * 1000 / 1100, abs=4)
