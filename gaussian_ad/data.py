@@ -31,9 +31,10 @@ from gaussian_ad.resnet import RESOLUTION as RESNET_RESOLUTION
 from gaussian_ad.synthetic_mvtec import write_synthetic_mvtec
 
 FEATURES_FILE = "features.pt"
-FEATURES_KEPT = 4
-"""Feature sets kept in memory per process (a category's augmented B4 passes are ~235 MB at the paper scale); cells
-of one (backbone, category) run one after another, so a few are enough to extract and read each set once."""
+FEATURES_MEMORY = 2 * 1024**3
+"""Bytes of feature sets kept in memory per process, the least recently stored dropped first: at the demo scale every
+set stays, so the tables of one process extract each (backbone, category) once; at the paper scale a category's
+augmented B4 passes alone are ~235 MB."""
 _FEATURES: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 _BACKBONES: dict[tuple[str, str | None], torch.nn.Module] = {}
 
@@ -127,11 +128,22 @@ def augmented_features(
 
 
 def _keep(key: tuple, features: dict[str, Any]) -> None:
-    """Remember ``features`` under ``key``, forgetting the least recently stored beyond :data:`FEATURES_KEPT`."""
+    """Remember ``features`` under ``key``, forgetting the least recently stored beyond :data:`FEATURES_MEMORY`."""
     _FEATURES[key] = features
     _FEATURES.move_to_end(key)
-    while len(_FEATURES) > FEATURES_KEPT:
+    while len(_FEATURES) > 1 and sum(map(_bytes, _FEATURES.values())) > FEATURES_MEMORY:
         _FEATURES.popitem(last=False)
+
+
+def _bytes(value: Any) -> int:
+    """Bytes of the tensors in ``value`` (tensors, and mappings and lists of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(map(_bytes, value.values()))
+    if isinstance(value, list | tuple):
+        return sum(map(_bytes, value))
+    return 0
 
 
 def write_features(folder: Path, features: dict[str, Any]) -> Path:

@@ -237,3 +237,11 @@ def test_resume_continues_from_the_features_files(tmp_path, monkeypatch: pytest.
     monkeypatch.setattr(experiments, "stored_features", no_extraction)  # a finished run: no cell runs again
     again = main.run_paper("gaussian_ad", options=main.RunOptions(resume=run / "grid", progress=False, device="cpu"))
     assert again == resumed
+
+
+def test_feature_sets_are_kept_in_memory_up_to_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "_FEATURES", OrderedDict())
+    monkeypatch.setattr(data, "FEATURES_MEMORY", 3 * 400)  # three sets of 100 float32
+    for index in range(5):
+        data._keep(("set", index), {"train": [torch.zeros(100)], "test_labels": torch.zeros(0)})
+    assert list(data._FEATURES) == [("set", 2), ("set", 3), ("set", 4)]
