@@ -318,10 +318,10 @@ def run_cells(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_s
     run_dir = context.run_dir
     distributed, lead = idist.get_world_size() > 1, idist.get_rank() == 0
     pending = [cell for cell in with_prerequisites(run_plan, cells, run_dir) if not is_finished(run_dir, cell.id)]
-    total, ran = len(pending), []
+    total, ran, finished = len(pending), [], set()
     threads = run_plan.experiment.cpu_threads(run_plan.config) if context.device.type == "cpu" else None
     while True:
-        chosen, lock = _choose(run_dir, pending, wait=not distributed, log=log) if lead else (None, None)
+        chosen, lock = _choose(run_dir, pending, not distributed, log, finished) if lead else (None, None)
         cell_id = "" if chosen is None else chosen.id
         if distributed:
             cell_id = idist.broadcast(cell_id, src=0, safe_mode=True)
@@ -348,13 +348,26 @@ def run_cells(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_s
     return Outcome(tuple(ran), tuple(cell.id for cell in pending), assemble(run_plan, run_dir))
 
 
-def _choose(run_dir: Path, pending: list[Cell], wait: bool, log) -> tuple[Cell | None, FileLock | None]:
-    """The next cell to run and its lock, taken; (None, None) when nothing is left to this process."""
+def _choose(
+    run_dir: Path, pending: list[Cell], wait: bool, log, finished: set[str]
+) -> tuple[Cell | None, FileLock | None]:
+    """The next cell to run and its lock, taken; (None, None) when nothing is left to this process.
+
+    ``finished`` remembers the cells found finished (a finished cell stays finished), across calls.
+    """
+
+    def is_done(cell_id: str) -> bool:
+        if cell_id not in finished and is_finished(run_dir, cell_id):
+            finished.add(cell_id)
+        return cell_id in finished
+
     while pending:
-        ready = [cell for cell in pending if all(is_finished(run_dir, need) for need in cell.needs)]
-        for cell in ready:
-            if (lock := _try_lock(run_dir, cell)) is not None:
-                break
+        ready = []  # cells whose needs are finished but that another process holds, before the one taken
+        for cell in pending:  # in plan order, stopping at the first cell that can be taken
+            if all(map(is_done, cell.needs)):
+                if (lock := _try_lock(run_dir, cell)) is not None:
+                    break
+                ready.append(cell)
         else:
             needed = {need for cell in pending for need in cell.needs}
             blocking = [cell for cell in ready if cell.id in needed]
