@@ -306,7 +306,7 @@ def setup_checkpoint(
 
     Args:
         run_dir: the run's folder; existing checkpoints there are kept (resuming into the same run).
-        to_save: objects with ``state_dict``/``load_state_dict``: the trainer, model, optimizer, scheduler, scaler,
+        to_save: objects with ``state_dict``/``load_state_dict``: the trainer, model, optimizer, scheduler,
             ``RandomStates``. The checkpointer adds its own list of files, so a resumed run keeps rotating them.
         trainer: engine whose iterations and epochs trigger the saves.
         every_epochs: save at the end of every that many epochs (None: never).
@@ -445,17 +445,14 @@ def finite_step(
     engine: Engine,
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None = None,
 ) -> bool:
     """Take the optimizer step only if the loss and all gradients are finite; otherwise drop it and count it.
 
-    Use it in a process function in place of ``optimizer.step()``, after ``loss.backward()`` (or
-    ``scaler.scale(loss).backward()``; do not call ``scaler.unscale_`` yourself). The check costs one host sync
-    (the largest absolute gradient of every parameter, computed with one foreach kernel), and a step taken one
-    more (the largest absolute value of every parameter afterwards). A skipped step zeroes
-    the gradients and adds one to ``engine.state.skipped_steps`` (see ``count_skipped_steps``). With a scaler the
-    float16 overflows that make it lower its scale are counted too. InvGlow's reference code skips such steps
-    (invglow notes, section 3); ``ignite.handlers.TerminateOnNan`` would end the run instead.
+    Use it in a process function in place of ``optimizer.step()``, after ``loss.backward()``. The check costs one
+    host sync (the largest absolute gradient of every parameter, computed with one foreach kernel), and a step taken
+    one more (the largest absolute value of every parameter afterwards). A skipped step zeroes the gradients and
+    adds one to ``engine.state.skipped_steps`` (see ``count_skipped_steps``). InvGlow's reference code skips such
+    steps (invglow notes, section 3); ``ignite.handlers.TerminateOnNan`` would end the run instead.
 
     Returns:
         Whether the optimizer stepped.
@@ -466,24 +463,17 @@ def finite_step(
     """
     if not hasattr(engine.state, SKIPPED_STEPS):
         raise RuntimeError("finite_step needs the counter: call count_skipped_steps(trainer) when creating it")
-    if scaler is not None:
-        scaler.unscale_(optimizer)
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     checks = [torch.isfinite(loss.detach()).all()]
     if grads:
         checks.append(torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=math.inf))).all())
     finite = bool(torch.stack([check.to(checks[0].device) for check in checks]).all())
     if finite:
-        if scaler is not None:
-            scaler.step(optimizer)
-        else:
-            optimizer.step()
+        optimizer.step()
         _check_parameters_finite(engine, optimizer)
     else:
         optimizer.zero_grad(set_to_none=True)
         setattr(engine.state, SKIPPED_STEPS, getattr(engine.state, SKIPPED_STEPS) + 1)
-    if scaler is not None:
-        scaler.update()
     return finite
 
 

@@ -218,24 +218,6 @@ def test_finite_step_skips_a_nan_loss_and_an_infinite_gradient() -> None:
     assert not optimizer.state  # no momentum buffer was created: the optimizer never stepped
 
 
-def test_finite_step_with_a_grad_scaler_unscales_and_backs_off_on_overflow() -> None:
-    engine, model, optimizer = guarded_setup(lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
-    loss = model(torch.ones(4, 3)).pow(2).mean()
-    scaler.scale(loss).backward()
-    expected = {name: p.detach() - 0.1 * p.grad / 8.0 for name, p in model.named_parameters()}
-    assert finite_step(engine, loss, optimizer, scaler)
-    for name, parameter in model.named_parameters():
-        torch.testing.assert_close(parameter.detach(), expected[name], rtol=0, atol=1e-7)
-
-    loss = model(torch.ones(4, 3)).pow(2).mean()
-    scaler.scale(loss).backward()
-    model.weight.grad[0, 0] = float("inf")
-    assert not finite_step(engine, loss, optimizer, scaler)
-    assert scaler.get_scale() == 4.0  # halved by update() after the overflow
-    assert engine.state.skipped_steps == 1
-
-
 def test_finite_step_needs_the_counter() -> None:
     model = nn.Linear(3, 2)
     with pytest.raises(RuntimeError, match="count_skipped_steps"):
