@@ -434,5 +434,3 @@ def load_model(model: Flow, path: Path, device: torch.device) -> Flow:
     """``model`` with the state dict saved at ``path`` (a ``model.pt`` that :func:`fit` wrote), on ``device``."""
     model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     return model.to(device)
-
-
