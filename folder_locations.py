@@ -9,6 +9,7 @@ data root           ``OOD_REPRO_DATA``              ``~/.cache/ood-repro/data``
 tiny-images root    ``OOD_REPRO_TINY_IMAGES``       ``<data root>/tiny-images``
 pretrained weights  ``OOD_REPRO_WEIGHTS``           ``~/.cache/ood-repro/weights``
 runs / output root  ``OOD_REPRO_RUNS``              ``<repository>/runs``
+checksum overrides  ``OOD_REPRO_CHECKSUMS``         none
 ==================  ==============================  ===================================
 
 Data and weights default to the user's home (shared by every checkout); runs default to the repository, next to
@@ -48,3 +49,12 @@ def weights_root() -> Path:
 def runs_root() -> Path:
     """Folder under which every run writes ``<paper>/<experiment>/<run>/`` (tensorboard, checkpoints, results)."""
     return _from_env("OOD_REPRO_RUNS", REPOSITORY / "runs")
+
+
+def checksum_overrides() -> Path | None:
+    """A ``sha256sum``-format file whose checksums replace the pinned ones of the weight files it names, or None.
+
+    Unset by default; ``python -m common.fixtures`` exports it so that its stand-in weight files load.
+    """
+    value = os.environ.get("OOD_REPRO_CHECKSUMS")
+    return Path(value).expanduser() if value else None
