@@ -15,6 +15,7 @@ from typing import Any
 
 from common.cells import Settings
 from memae.losses import ENTROPY_WEIGHT
+from memae.memory import DEFAULT_RESIZE_RULE, check_resize_rule
 
 PAPER_LEARNING_RATE = 1e-4  # official code and C-MemAE (Adam)
 PAPER_BATCH_SIZE = 64  # C-MemAE datamodule (the paper does not give one for images)
@@ -23,12 +24,16 @@ PAPER_EPOCHS = 100  # official EpochNum and C-MemAE max_epochs
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """The memory's N, λ, similarity d and the entropy weight α (Sec. 3)."""
+    """The memory's N, λ, similarity d, the entropy weight α (Sec. 3) and how λ follows a few-shot strategy's N."""
 
     num_slots: int
     shrink_threshold: float
     similarity: str = "cosine"  # paper (Sec. 3); "dot" is the official code
     entropy_weight: float = ENTROPY_WEIGHT
+    threshold_on_resize: str = DEFAULT_RESIZE_RULE  # λ·N kept: 1/N stays 1/N′ (paper); "keep": C-MemAE code
+
+    def __post_init__(self) -> None:
+        check_resize_rule(self.threshold_on_resize)
 
     def without_sparsity(self) -> MemoryConfig:
         """MemAE-nonSpar (Sec. 4.1): no hard shrinkage and no entropy loss, plain softmax addressing."""
@@ -160,7 +165,7 @@ CONFIGS: dict[str, MemAEConfig] = {
         ),
         conditional=(
             # C-MemAE defaults: flat nets, N = 10 (MNIST) / 125 (CIFAR) per memory; λ = 1/N instead of its
-            # inert 0.0025 (README).
+            # inert 0.0025 (README). Copy Samples / Copy Best Fitting make N = k slots, and λ = 1/k follows.
             ConditionalSetting(
                 DataConfig("MNIST", "mnist", "mnist-flat"),
                 groups=_PAIRS,

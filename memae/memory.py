@@ -31,6 +31,8 @@ SELECTIONS = ("sum", "max")  # self-selection: summed similarity (C-MemAE code) 
 SHRINK_EPSILON = 1e-12  # ε of the hard shrinkage, as in the official code
 NORM_FLOOR = 1e-12  # floor of the L1 norm: an all-zero ŵ stays zero (torch's F.normalize default)
 DEFAULT_SHRINK_THRESHOLD = 0.0025  # official code's ShrinkThres; the paper recommends λ ∈ [1/N, 3/N] (Sec. 3)
+RESIZE_RULES = ("scale", "keep")  # λ when a few-shot strategy changes N: λ·N kept (paper) or λ kept (C-MemAE code)
+DEFAULT_RESIZE_RULE = "scale"
 
 
 class BottleneckOutput(NamedTuple):
@@ -92,6 +94,25 @@ def check_shrink_threshold(threshold: float, num_slots: int, similarity: str) ->
             f"{num_slots} slots ({smallest:.4g}): the shrinkage never zeroes anything",
             stacklevel=3,
         )
+
+
+def check_resize_rule(rule: str) -> None:
+    """Raise a clear error when ``rule`` is not one of :data:`RESIZE_RULES`."""
+    if rule not in RESIZE_RULES:
+        raise ValueError(f"threshold_on_resize must be one of {', '.join(RESIZE_RULES)}, got {rule!r}")
+
+
+def resized_threshold(threshold: float, num_slots: int, new_slots: int, rule: str = DEFAULT_RESIZE_RULE) -> float:
+    """λ of a memory that had ``threshold`` over ``num_slots`` slots and is re-made with ``new_slots`` slots.
+
+    ``"scale"`` (paper, Sec. 3: λ ∈ [1/N, 3/N]) keeps λ·N, so λ = 1/N becomes 1/N′ and λ = 0 stays 0; a single
+    slot gets 0, since its weight is always 1 (shrinkage is the identity for any λ < 1, and 1/N′ = 1 would zero
+    it). ``"keep"`` (C-MemAE code) keeps λ for every N′. An unchanged N keeps λ under both rules.
+    """
+    check_resize_rule(rule)
+    if rule == "keep" or new_slots == num_slots:
+        return threshold
+    return 0.0 if new_slots == 1 else threshold * num_slots / new_slots
 
 
 class MemoryModule(nn.Module):
