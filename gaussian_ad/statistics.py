@@ -5,6 +5,14 @@ features of the normal training images, Σ being the Ledoit-Wolf (2004) shrinkag
 features with PCA ("keep the high-variance components") or NPCA ("keep the low-variance tail") first; Sec. IV-D
 derives thresholds from M² ~ χ²_k. Everything here is float64 by default and exact (no ε added to Σ).
 
+PCA / NPCA keep only identifiable components. n centred samples span at most n − 1 dimensions, so with n ≤ d the
+covariance has a null space of dimension d − rank; scikit-learn's PCA (the original) still returns min(n, d)
+components, the last of which are orthonormal vectors of that null space picked by round-off (float32 and float64,
+or a permutation of the samples, pick different ones), and NPCA's low-variance tail always contained them.
+:func:`fit_projection` drops every component without variance (:func:`identifiable_rank`): the null space is not
+modelled, so the kept subspace, and with it the Ledoit-Wolf Mahalanobis distance (invariant to rotations within the
+subspace), is a function of the training set alone.
+
 Ledoit-Wolf with n samples of d features needs only the n × n Gram matrix G = X Xᵀ of the centred data X when
 n < d (the usual case: ~170 images, up to 1792 dimensions): ‖XᵀX‖²_F = ‖G‖²_F, Σ_k ‖x_k‖⁴ = Σ_k G_kk², and
 tr(XᵀX) = tr G. The precision Σ⁻¹ of Σ = a·I + b·XᵀX then follows from the push-through identity
@@ -169,6 +177,30 @@ def principal_components(features: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return mean, right, variance / variance.sum()
 
 
+RANK_TOLERANCE = float(np.finfo(np.float32).eps)
+"""ε of :func:`identifiable_rank`: the precision of the stored (float32) features, whatever the computation dtype."""
+
+
+def identifiable_rank(ratio: torch.Tensor, n_samples: int, n_features: int) -> int:
+    """How many leading principal components have variance: r ≤ n − 1 with √(ratio_i / ratio_0) > max(n, d)·ε.
+
+    The components from r on span (part of) the covariance's null space, where any orthonormal basis is as good as
+    another (module docstring). n − 1 is the exact bound for centred data; the tolerance, numpy's ``matrix_rank``
+    rule on singular values at float32 precision (:data:`RANK_TOLERANCE`), catches further rank deficiency (e.g.
+    constant features) alike in a float32 and a float64 fit.
+
+    Args:
+        ratio: explained variance ratio per component (min(n, d),), decreasing.
+        n_samples: n, the number of samples the components were fitted to.
+        n_features: d.
+    """
+    floor = float(ratio[0]) * (max(n_samples, n_features) * RANK_TOLERANCE) ** 2
+    rank = min(int((ratio > floor).sum()), n_samples - 1)
+    if rank == 0:
+        raise ValueError("features: every feature is constant over the samples; there is no principal component")
+    return rank
+
+
 def selected_components(ratio: torch.Tensor, threshold: float, mode: str) -> slice:
     """The component slice the paper's PCA / NPCA keeps (reference note §1.9).
 
@@ -197,9 +229,15 @@ def selected_components(ratio: torch.Tensor, threshold: float, mode: str) -> sli
 def fit_projection(
     features: torch.Tensor, threshold: float, mode: str, dtype: torch.dtype = torch.float64
 ) -> Projection:
-    """PCA or NPCA (Rippel et al. Sec. IV-C) fitted to training features (n, d), in ``dtype``."""
+    """PCA or NPCA (Rippel et al. Sec. IV-C) fitted to training features (n, d), in ``dtype``.
+
+    Deviation: the selection runs over the r identifiable components only (:func:`identifiable_rank`). The
+    original's NPCA tail also held the min(n, d) − r components without variance: at n ≤ d (Table III's deep levels)
+    null-space vectors that round-off picks, so it keeps min(n, d) − r (usually one) dimensions more than this.
+    """
     mean, components, ratio = principal_components(features.to(dtype))
-    return Projection(mean, components[selected_components(ratio, threshold, mode)].contiguous())
+    rank = identifiable_rank(ratio, *features.shape)
+    return Projection(mean, components[:rank][selected_components(ratio[:rank], threshold, mode)].contiguous())
 
 
 # ------------------------------------------------------------------------------------------------ χ² thresholds

@@ -17,6 +17,7 @@ from gaussian_ad.statistics import (
     chi2_threshold,
     fit_ledoit_wolf,
     fit_projection,
+    identifiable_rank,
     principal_components,
     selected_components,
     shrunk_precision,
@@ -130,6 +131,52 @@ def test_npca_level_equals_sklearn_pipeline() -> None:
 
 def _crossing(pca: PCA, threshold: float) -> int:
     return int(np.argmax(np.cumsum(pca.explained_variance_ratio_) > threshold))
+
+
+@pytest.mark.parametrize(("n", "d", "threshold"), [(20, 60, 0.99), (12, 200, 0.9), (30, 31, 0.999)])
+def test_npca_with_fewer_samples_than_dimensions_equals_eigh_on_the_identifiable_part(
+    n: int, d: int, threshold: float
+) -> None:
+    """n ≤ d: the NPCA tail runs to the last component with variance (rank n − 1); the null space is not kept."""
+    train, tests = _correlated(n, d, seed=n * d), _correlated(5, d, seed=1)
+    values, vectors = np.linalg.eigh(np.cov(train, rowvar=False, bias=True))
+    values, vectors = values[::-1], vectors[:, ::-1]
+    assert values[n - 2] > 1e-6 * values[0] and abs(values[n - 1]) < 1e-12 * values[0]  # rank n − 1
+    crossing = int(np.argmax(np.cumsum(values[: n - 1]) / values.sum() > threshold))
+    keep = vectors[:, crossing - 1 : n - 1].T
+    mean = train.mean(axis=0)
+    lw = SkLedoitWolf().fit((train - mean) @ keep.T)
+    expected = [scipy_mahalanobis(t, lw.location_, lw.precision_) for t in (tests - mean) @ keep.T]
+    level = GaussianLevel.fit(torch.from_numpy(train), "npca", threshold)
+    assert level.dof == keep.shape[0]
+    np.testing.assert_allclose(level(torch.from_numpy(tests)).numpy(), expected, rtol=1e-6)
+    components = level.projection_components.numpy()
+    np.testing.assert_allclose(components.T @ components, keep.T @ keep, atol=1e-8)  # the same subspace
+
+
+def test_npca_with_fewer_samples_than_dimensions_is_deterministic() -> None:
+    """float32 and float64 fits and a permutation of the training rows give the same NPCA model (n = 20 < d = 60)."""
+    train, tests = torch.from_numpy(_correlated(20, 60, seed=12)), torch.from_numpy(_correlated(8, 60, seed=13))
+    reference = GaussianLevel.fit(train, "npca", 0.99)
+    permuted = GaussianLevel.fit(train[torch.randperm(20, generator=torch.Generator().manual_seed(0))], "npca", 0.99)
+    single = GaussianLevel.fit(train.float(), "npca", 0.99, dtype=torch.float32)
+    assert reference.dof == permuted.dof == single.dof
+    torch.testing.assert_close(permuted(tests), reference(tests), rtol=1e-9, atol=0)
+    torch.testing.assert_close(single(tests.float()).double(), reference(tests), rtol=1e-3, atol=0)
+
+
+def test_identifiable_rank_stops_at_the_null_space() -> None:
+    rng = np.random.default_rng(14)
+    wide = torch.from_numpy(rng.standard_normal((10, 30)))
+    tall = torch.from_numpy(np.hstack([rng.standard_normal((50, 17)), np.full((50, 3), 2.5)]))  # 3 constant features
+    for data, rank in ((wide, 9), (tall, 17)):
+        for dtype in (torch.float64, torch.float32):
+            _, _, ratio = principal_components(data.to(dtype))
+            assert identifiable_rank(ratio, *data.shape) == rank
+    tail = fit_projection(tall, 0.5, "npca").components  # the tail ends before the constant features' axes
+    assert tail.shape[0] > 1 and float(tail[:, 17:].abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="constant"):
+        fit_projection(torch.ones(6, 4, dtype=torch.float64), 0.9, "npca")
 
 
 # ------------------------------------------------------------------------------------------------ models, scores
