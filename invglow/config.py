@@ -3,7 +3,9 @@
 ``paper``: the manuscript's protocol as the original code runs it (reference note invglow.md §1.1, §2, §3):
 Glow L = 3 × K = 32, 512 hidden, affine coupling, LU 1×1 convs; Adamax(5e-4, weight decay 5e-5), batch 64,
 250 epochs per stage (``main.py`` of the original; the paper's own budget could not be checked); outlier loss
-λ = 6000, T = 1000 on Tiny batches. ``demo``: the same code paths, small enough for a CPU in minutes.
+λ = 6000, T = 1000 on Tiny batches (grey images: scaled by their number of dimensions, see
+:data:`GreyOutlierScaling`); Tiny subset with CIFAR images, as the manuscript (``exclude_cifar_from_tiny``).
+``demo``: the same code paths, small enough for a CPU in minutes.
 :func:`configure` resolves a scale with a run's seeds and epochs (the configuration recorded in ``config.json``).
 """
 
@@ -121,12 +123,24 @@ class LocalSemanticConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+GreyOutlierScaling = Literal["per-dimension", "original-code"]
+"""λ and T of the grey experiment's outlier loss. Both are in nats per image (reference note §7.13), and a grey
+image has a third of an RGB image's dimensions, so its log-likelihoods and their differences are about 3× smaller.
+``"per-dimension"``: the RGB values × D_grey / D_rgb = 1/3 (λ = 2000, T = 333.3 at the paper scale), keeping the
+loss's balance with the NLL and Δ/T as for RGB. ``"original-code"``: the RGB values unchanged (6000, 1000), what
+the original's ``run_exp`` does with its defaults (it passes λ and T through whatever ``tiny_grey`` is; its
+``main.py`` runs no grey experiment, and the manuscript's grey values were not retrieved)."""
+
+
 @dataclass(frozen=True)
 class InvGlowConfig:
     """Everything one scale needs; ``grey`` (None: skipped) is the grey-image experiment, run with a grey Tiny model
-    (Tiny converted to grey, weights 0.2989/0.5870/0.1140, reference note §4.2); ``local_semantic`` the local and
-    dense models of the local-vs-semantic analysis; ``scale`` says where the data comes from (``"demo"``: generated
-    on the spot, ``"paper"``: the real files)."""
+    (Tiny converted to grey, weights 0.2989/0.5870/0.1140, reference note §4.2) and the outlier-loss λ and T of
+    ``grey_outlier_scaling``; ``local_semantic`` the local and dense models of the local-vs-semantic analysis;
+    ``scale`` says where the data comes from (``"demo"``: generated on the spot, ``"paper"``: the real files).
+    ``exclude_cifar_from_tiny`` (paper scale only) trains and draws outliers from the Tiny subset without the chunks
+    holding CIFAR-10/100 images (``create_tiny.py --exclude-cifar``; the original's ``exclude_cifar_from_tiny``,
+    off in the manuscript's results, as here by default)."""
 
     scale: str = "paper"
     glow: GlowConfig = field(default_factory=GlowConfig)
@@ -142,6 +156,12 @@ class InvGlowConfig:
     )  # MNIST ↔ Fashion-MNIST with a grey Tiny model (original tiny_grey; Resize 32 + translate, no flip)
     local_semantic: LocalSemanticConfig = field(default_factory=LocalSemanticConfig)
     seeds: tuple[int, ...] = (20200610,)  # the original's np_th_seed
+    grey_outlier_scaling: GreyOutlierScaling = "per-dimension"
+    exclude_cifar_from_tiny: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exclude_cifar_from_tiny and self.scale == "demo":
+            raise ValueError("exclude_cifar_from_tiny: the demo's generated Tiny set holds no CIFAR; paper scale only")
 
 
 PAPER = InvGlowConfig()
@@ -149,7 +169,7 @@ PAPER = InvGlowConfig()
 _DEMO_DIMS_RATIO = (3 * 16 * 16) / (3 * 32 * 32)
 """The outlier-loss weight and temperature are in nats per image (reference note §7.13): at the demo's 16×16
 resolution an image has 4× fewer dimensions, so both are scaled by D_demo / D_paper to keep their balance with
-the NLL."""
+the NLL (and the grey experiment's by a further 1/3, :data:`GreyOutlierScaling`)."""
 
 DEMO = InvGlowConfig(
     scale="demo",
@@ -221,7 +241,16 @@ def cpu_threads(config: InvGlowConfig) -> int | None:
 
 
 def grey_config(config: InvGlowConfig) -> InvGlowConfig:
-    """``config`` for its grey experiment: one input channel and the ``grey`` sets."""
+    """``config`` for its grey experiment: one input channel, the ``grey`` sets, and the finetuning's outlier-loss
+    λ and T of ``config.grey_outlier_scaling``."""
     if config.grey is None:
         raise ValueError("config: has no grey experiment (grey is None)")
-    return replace(config, glow=replace(config.glow, channels=1), data=config.grey, grey=None)
+    finetune = config.finetune
+    if config.grey_outlier_scaling == "per-dimension":
+        dims_ratio = 1 / config.glow.channels  # D_grey / D_rgb: the same image size, one channel
+        finetune = replace(
+            finetune,
+            outlier_weight=finetune.outlier_weight * dims_ratio,
+            outlier_temperature=finetune.outlier_temperature * dims_ratio,
+        )
+    return replace(config, glow=replace(config.glow, channels=1), finetune=finetune, data=config.grey, grey=None)

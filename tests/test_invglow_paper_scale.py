@@ -36,7 +36,7 @@ from tests.helpers.write_idx import write_idx_dataset
 from tests.helpers.write_images import smooth_images, write_celeba
 from tests.helpers.write_lsun import write_lsun_category
 from tests.helpers.write_svhn import write_svhn
-from tests.helpers.write_tiny import decode_tiny_index, write_tiny_binary
+from tests.helpers.write_tiny import decode_tiny_index, write_index_file, write_tiny_binary
 from tests.helpers.write_tinyimagenet import write_tinyimagenet
 
 N_TRAIN, N_TEST, N_ODIN = 80, 24, 12  # 80 training images in batches of 8: 10 steps, one tensorboard log
@@ -104,6 +104,32 @@ def test_paper_tiny_images_are_the_subset_split_by_chunk(paper_files: Path, tmp_
     luma = (train.double() * torch.tensor([0.2989, 0.5870, 0.1140])[None, :, None, None]).sum(1, keepdim=True)
     assert grey_train.shape == (len(train), 1, 32, 32) and len(grey_test) == len(test)
     assert (grey_train.double() - luma).abs().max() <= 0.5 + 1e-6
+
+
+def test_cifar_free_tiny_subset_is_read_with_the_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_root = tmp_path / "tiny"
+    tiny_root.mkdir()
+    monkeypatch.setenv("OOD_REPRO_TINY_IMAGES", str(tiny_root))
+    binary = write_tiny_binary(tiny_root / BINARY_NAME, TINY_BINARY_CHUNKS * CHUNK_SIZE)
+    cut = ["--binary", str(binary), "--out-dir", str(tiny_root), "--n-chunks", str(TINY_KEPT_CHUNKS)]
+    create_tiny.main([*cut, "--expected-images", "0", "--no-progress"])  # the manuscript's subset, with CIFAR
+    # two chunks of that subset hold a "CIFAR" image: one listed as CIFAR-10's, one as CIFAR-100's (1-based, 0 = none)
+    cifar_chunks = sorted({int(index) // CHUNK_SIZE for index in np.load(tiny_root / "tiny_subset_indices.npy")})[:2]
+    write_index_file(tiny_root / "80mn_cifar_idxs.txt", [cifar_chunks[0] * CHUNK_SIZE + 5 + 1])
+    write_index_file(tiny_root / "cifar_indexes", [0, cifar_chunks[1] * CHUNK_SIZE + 63 + 1])
+    cifar_free = dataclasses.replace(config.PAPER, exclude_cifar_from_tiny=True)
+    with pytest.raises(FileNotFoundError, match=r"tiny_subset_exclude_cifar\.json"):  # never the other subset
+        tiny_images(cifar_free, tmp_path / "unused", SEED, "train")
+    create_tiny.main([*cut, "--expected-images", "0", "--no-progress", "--exclude-cifar"])
+
+    for exclude, subset in ((False, "tiny_subset"), (True, "tiny_subset_exclude_cifar")):
+        chosen = dataclasses.replace(config.PAPER, exclude_cifar_from_tiny=exclude)
+        assert config.grey_config(chosen).exclude_cifar_from_tiny == exclude  # the grey Tiny model's subset too
+        images = torch.cat([tiny_images(chosen, tmp_path / "unused", SEED, split) for split in ("train", "test")])
+        indices = sorted(decode_tiny_index(image.permute(1, 2, 0).numpy()) for image in images)
+        assert indices == sorted(np.load(tiny_root / f"{subset}_indices.npy").tolist())
+        assert len(indices) == TINY_KEPT_CHUNKS * CHUNK_SIZE
+        assert bool({index // CHUNK_SIZE for index in indices} & set(cifar_chunks)) != exclude
 
 
 def test_to_size_in_batches_equals_converting_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
