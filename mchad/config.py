@@ -5,7 +5,7 @@ WRN-40-2 pretrained, Adam lr 1e-3 / weight decay 5e-5 on every parameter (center
 per batch, batches of 128 ID + 256 TinyImages300k images for the G-variants.
 ``demo``: the same methods with the SVHN settings (digits ↔ digits) on scikit-learn's 8×8 digits (classes 0–5
 in-distribution, 6–9 held out as OOD), a WRN-10-1 from scratch, generated shapes as training outliers, on CPU,
-plus the softmax reference model.
+plus the softmax reference model; 16 epochs at lr 1e-2, so that the embeddings contract onto their centers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from mchad.losses import Normalization
 from mchad.scores import PredictBy, ScoreKind
 
 MethodKind = Literal["mchad", "center", "cac", "ii", "softmax"]
+CACAlpha = Literal["weight_center", "one"]
+CAC_ALPHAS = ("weight_center", "one")
 
 CIFAR10_MEAN, CIFAR10_STD = (0.49137, 0.48235, 0.44667), (0.24706, 0.24353, 0.26157)  # §2.2, also for CIFAR-100
 SVHN_MEAN, SVHN_STD = (0.43768, 0.44377, 0.47280), (0.19803, 0.20102, 0.19704)
@@ -41,7 +43,7 @@ class MethodConfig:
         name: the row name in the table ("MCHAD", "G-CAC", ...).
         kind: which model and loss: ``mchad``, ``center``, ``cac``, ``ii`` or ``softmax``.
         n_dim: embedding dimension D; None means D = number of classes (CAC anchors, softmax logits).
-        weight_center: λ_Λ of MCHAD / Center; α (anchor weight) of CAC.
+        weight_center: λ_Λ of MCHAD / Center; CAC's anchor weight α when ``cac_alpha="weight_center"``.
         weight_nll: λ_Δ of MCHAD, the CE weight of G-Center, the CAC-loss weight of G-CAC ("weight_ce").
         weight_outlier: λ_Θ of the outlier term ("weight_oe"); > 0 only for the G-variants.
         margin: m of the outlier term.
@@ -56,6 +58,10 @@ class MethodConfig:
         cac_distance_power: CAC distance ||z − c||^p: 4 as run for the paper (pytorch-ood 0.0.7), 1 in the CAC
             paper, 2 in pytorch-ood since June 2023.
         cac_index_bug: reproduce pytorch-ood's tuplet indexing bug (present in the paper's runs).
+        cac_alpha: where CAC's anchor weight α comes from (:attr:`anchor_weight`). ``"weight_center"``: α =
+            weight_center, as the released G-CAC (kkirchheim/mchad f9cca06 ``src/models/gcac.py``, unchanged since
+            commit cd4f295 of 2022-06-13); the CAC rows hold the original CAC class's ``weight_anchor`` (1) in
+            weight_center. ``"one"``: α = 1 whatever weight_center is, as G-CAC from January to 20 May 2022.
     """
 
     name: str
@@ -75,6 +81,16 @@ class MethodConfig:
     normalization: Normalization = "original"
     cac_distance_power: int = 4
     cac_index_bug: bool = True
+    cac_alpha: CACAlpha = "weight_center"
+
+    @property
+    def anchor_weight(self) -> float:
+        """CAC's α, resolved by ``cac_alpha``."""
+        if self.cac_alpha == "weight_center":
+            return self.weight_center
+        if self.cac_alpha == "one":
+            return 1.0
+        raise ValueError(f"cac_alpha must be one of {CAC_ALPHAS}, got {self.cac_alpha!r}")
 
 
 @dataclass(frozen=True)
@@ -169,9 +185,8 @@ def _methods(
         MethodConfig(
             "G-CAC",
             "cac",
-            # The original GCAC passes alpha=1.0 to CACLoss and never uses its weight_center (gcac[1]), so α = 1
-            # (kkirchheim/mchad src/models/gcac.py; reference note §2.3 says α = weight_center).
-            weight_center=1.0,
+            # α = weight_center (gcac[1]): the released GCAC builds its CACLoss with alpha=weight_center.
+            weight_center=gcac[1],
             weight_nll=gcac[2],
             weight_outlier=gcac[3],
             margin=gcac[0],
@@ -210,7 +225,7 @@ DEMO_DATASETS = (
         in_channels=1,
         mean=(0.5,),
         std=(0.5,),
-        epochs=12,
+        epochs=16,  # 416 steps of 32: with DEMO_TRAIN.lr, the ID embeddings contract onto their centers (README)
         max_batches=None,
         crop_padding=1,
         flip=False,  # a mirrored digit is another symbol
@@ -226,6 +241,9 @@ DEMO_PAPER_ANALOGUE = {"Digits 0-5": "SVHN"}  # whose published row is printed b
 
 PAPER_TRAIN = TrainConfig()
 DEMO_TRAIN = TrainConfig(
+    # Deviation (demo): 10× the paper's lr, so that Adam's 416 steps (lr × steps ≈ 4) move the weights about as
+    # far as the paper's 3920 steps at 1e-3; at 1e-3 the centers and embeddings barely move (README).
+    lr=1e-2,
     batch_size=32,
     outlier_batch_size=64,
     eval_every=4,

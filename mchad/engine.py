@@ -82,7 +82,7 @@ def build_objective(method: MethodConfig, n_classes: int) -> Objective:
         return lambda model, output, labels: loss(output.distances, labels, output.logits if use_logits else None)
     if method.kind == "cac":
         cac = CACLoss(
-            method.weight_center,
+            method.anchor_weight,
             method.weight_nll,
             method.weight_outlier,
             method.margin,
@@ -202,6 +202,30 @@ class IDAccuracy(Metric):
         return self._correct.item() / self._total.item()
 
 
+class CenterDistance(Metric):
+    """Mean Euclidean distance ||z − μ_y|| of the in-distribution samples to their own class center, from
+    ``(squared distances (B, C), labels)`` batches: how far training has contracted each class onto its center."""
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._sum = torch.zeros((), dtype=torch.float64, device=self._device)
+        self._total = torch.zeros((), dtype=torch.long, device=self._device)
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        distances, labels = output
+        known = labels >= 0
+        own = distances[known].gather(1, labels[known][:, None]).sqrt()
+        self._sum += own.sum().to(self._device, torch.float64)
+        self._total += known.sum().to(self._device)
+
+    @sync_all_reduce("_sum", "_total")
+    def compute(self) -> float:
+        if self._total == 0:
+            raise ValueError("CenterDistance: no in-distribution sample (label >= 0) was seen")
+        return (self._sum / self._total).item()
+
+
 class PerSetOODMetrics(Metric):
     """``common.metrics`` OOD metrics of every test case ID ∪ OOD set k, from ``(scores, labels)`` batches.
 
@@ -234,9 +258,11 @@ class PerSetOODMetrics(Metric):
 
 
 def create_evaluator(model: CenterNet, method: MethodConfig, ood_names: Sequence[str]) -> Engine:
-    """Evaluator with metrics ``accuracy`` and, per score kind of ``method``, ``<kind>`` = per-set OOD metrics.
+    """Evaluator with metrics ``accuracy``, ``center_distance`` (:class:`CenterDistance`; models with centers) and,
+    per score kind of ``method``, ``<kind>`` = per-set OOD metrics.
 
-    Its step output: ``{"scores": {kind: (B,)}, "labels": (B,), "predictions": (B,), "embedding": (B, D)}``.
+    Its step output: ``{"scores": {kind: (B,)}, "labels": (B,), "predictions": (B,), "embedding": (B, D),
+    "distances": (B, C) or None}``.
     """
 
     @torch.no_grad()
@@ -249,10 +275,13 @@ def create_evaluator(model: CenterNet, method: MethodConfig, ood_names: Sequence
             "labels": labels,
             "predictions": predict(output, method.predict_by),
             "embedding": output.embedding,
+            "distances": output.distances,
         }
 
     evaluator = Engine(step)
     IDAccuracy(lambda out: (out["predictions"], out["labels"])).attach(evaluator, "accuracy")
+    if model.centers is not None:
+        CenterDistance(lambda out: (out["distances"], out["labels"])).attach(evaluator, "center_distance")
     for kind in method.scores:
         metric = PerSetOODMetrics(ood_names, lambda out, kind=kind: (out["scores"][kind], out["labels"]))
         metric.attach(evaluator, kind)
