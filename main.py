@@ -1,19 +1,7 @@
-"""Reproduce the tables of the four papers: ``python main.py`` runs every paper at the demo scale.
+"""The command line and Python entry points of the suite: ``python main.py --help`` lists the commands (:data:`HELP`).
 
-Commands::
-
-    python main.py                          every paper, demo scale, tables printed
-    python main.py PAPER [EXPERIMENT ...]   one paper (all or some experiments); --scale, --seeds, --epochs, ...
-    python main.py PAPER --list-cells       the cells of its tables, their state and what each needs
-    python main.py list                     papers, experiments, scales and datasets
-    python main.py report [--runs DIR]      tables assembled from the cell results under DIR
-    python main.py download DATASET ...     fetch datasets whose owners allow a download
-
-Every table is a set of cells (one training and/or evaluation each) that run in any order, in any number of
-processes, and merge: --cells GLOB runs some of them, --shard I/N one of N parts, --run-name NAME puts every
-process in the same run folder, --resume RUN continues a run as it was started.
-
-The per-paper functions ``invglow()``, ``mchad()``, ``gaussian_ad()`` and ``memae()`` do the same from Python.
+The per-paper functions :func:`invglow`, :func:`mchad`, :func:`gaussian_ad` and :func:`memae` run a paper from
+Python with the command line's run options as keywords.
 """
 
 from __future__ import annotations
@@ -28,17 +16,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
-
-import ignite.distributed as idist
+from typing import TYPE_CHECKING, NamedTuple
 
 import folder_locations
-from common.cells import SCALES, Cell, Paper, RunContext, Settings
+from common.cells import SCALES, Cell, Cost, Paper, RunContext, Settings
 from common.errors import DataError, UsageError
-from common.launchers import SlurmOptions
 from common.results import ResultRow, render_markdown
-from common.run import CONFIG_FILE
-from common.runner import Plan
+from common.slurm import SlurmOptions
+
+if TYPE_CHECKING:  # the papers, torch and Ignite load when a command runs, so that `--help` answers at once
+    from common.runner import Plan
+
+
+HELP = """\
+Reproduce the tables of the four papers: `python main.py` runs every paper at the demo scale.
+
+commands:
+  python main.py                          every paper, demo scale, tables printed
+  python main.py PAPER [EXPERIMENT ...]   one paper (all or some experiments); --scale, --seeds, --epochs, ...
+  python main.py PAPER --list-cells       the cells of its tables, their state, cost and what each needs
+  python main.py list                     papers, experiments, scales and datasets
+  python main.py report [--runs DIR]      tables assembled from the cell results under DIR
+  python main.py download DATASET ...     fetch datasets whose owners allow a download
+
+Every table is a set of cells (one training and/or evaluation each) that run in any order, in any number of
+processes, and merge: --cells GLOB runs some of them, --shard I/N one of N parts, --run-name NAME puts every
+process in the same run folder, --resume RUN continues a run as it was started.
+"""
+EPILOG = "The options of a paper's command: python main.py PAPER --help (the same for every paper)."
 
 
 class PaperModule(NamedTuple):
@@ -76,8 +81,9 @@ def experiment_names(paper: Paper, scale: str) -> list[str]:
 class RunOptions:
     """The command line's run options, also the keyword arguments of :func:`invglow`, :func:`memae`, ...
 
-    ``scale``, ``seeds`` and ``epochs`` left at None take the experiment's defaults (demo scale) in a new run, and
-    the run's recorded values with ``resume``; given with ``resume``, they must equal the recorded ones.
+    ``scale``, ``seeds``, ``epochs`` and ``smoke`` left at None take the experiment's defaults (demo scale, no
+    smoke) in a new run, and the run's recorded values with ``resume``; given with ``resume``, they must equal the
+    recorded ones.
     ``cells`` are shell-style patterns on cell ids, ``shard`` is "I/N"; ``run_name`` names the run folder
     ``<output>/<paper>/<experiment>/<run_name>`` (new or existing), so several processes can share it.
     ``launcher`` runs the cells one after another here ("serial"), in ``max_parallel`` local processes ("local";
@@ -89,6 +95,7 @@ class RunOptions:
     scale: str | None = None
     seeds: tuple[int, ...] | None = None
     epochs: int | None = None
+    smoke: bool | None = None
     resume: Path | None = None
     output: Path | None = None
     run_name: str | None = None
@@ -113,13 +120,13 @@ class RunOptions:
     def settings(self) -> Settings:
         """The settings of a new run."""
         try:
-            return Settings(self.scale or "demo", self.seeds, self.epochs)
+            return Settings(self.scale or "demo", self.seeds, self.epochs, bool(self.smoke))
         except ValueError as error:
             raise UsageError(str(error)) from None
 
     def given_settings(self) -> dict[str, object]:
         """The settings given explicitly (None: not given), to check against a resumed run's."""
-        return {"scale": self.scale, "seeds": self.seeds, "epochs": self.epochs}
+        return {"scale": self.scale, "seeds": self.seeds, "epochs": self.epochs, "smoke": self.smoke}
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ def prepare(name: str, experiments: Sequence[str] = (), options: RunOptions | No
         UsageError: an unknown name, a bad option, a run folder of something else or with other settings.
     """
     from common import runner
+    from common.run import CONFIG_FILE
 
     options = options or RunOptions()
     paper = get_paper(name)
@@ -181,6 +189,8 @@ def prepare(name: str, experiments: Sequence[str] = (), options: RunOptions | No
 def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
     """Run the chosen cells of each experiment of ``job`` with ``options.launcher``; print and return the tables
     that are complete (none for Slurm, whose jobs run later: ``report`` assembles them)."""
+    import ignite.distributed as idist
+
     from common import launchers, runner
 
     if options.launcher not in LAUNCHERS:
@@ -225,6 +235,7 @@ def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
 def _process_group(job: Job, options: RunOptions) -> tuple[int | None, str] | None:
     """(processes to spawn or None under torchrun, backend) when the cells are to run data-parallel and this
     process is not in a process group yet; None otherwise."""
+    import ignite.distributed as idist
     import torch
 
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
@@ -242,12 +253,22 @@ def _process_group(job: Job, options: RunOptions) -> tuple[int | None, str] | No
             f"--nproc-per-node goes with the serial launcher, not --launcher {options.launcher} (on Slurm: "
             "--gpus-per-cell G)"
         )
+    world_size = int(os.environ["WORLD_SIZE"]) if under_torchrun else options.nproc_per_node
+    for run_plan in job.plans:
+        for key, size in run_plan.experiment.global_batches(run_plan.config).items():
+            if size % world_size:
+                raise UsageError(
+                    f"{run_plan.paper.name}/{run_plan.experiment.name}: {key} {size} is the global batch, split over "
+                    f"the {world_size} processes; choose a number of processes that divides it"
+                )
     backend = options.backend or ("nccl" if torch.cuda.is_available() else "gloo")
     return (None if under_torchrun else options.nproc_per_node), backend
 
 
 def _run_data_parallel(job: Job, options: RunOptions, nproc_per_node: int | None, backend: str) -> list[ResultRow]:
     """Run the job's cells in a process group: ``nproc_per_node`` spawned processes, or this torchrun rank."""
+    import ignite.distributed as idist
+
     from common import runner
     from common.launch import launch
 
@@ -350,8 +371,11 @@ def _print_outcome(run_plan, run_dir: Path, rows: list[ResultRow] | None, elsewh
     return []
 
 
-def list_paper_cells(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> str:
-    """One line per chosen cell (``--cells``, ``--shard``): id, state (done / running / pending), the ids it needs.
+def listed_cells(
+    name: str, experiments: Sequence[str] = (), options: RunOptions | None = None
+) -> list[tuple[str, list[tuple[Cell, str]]]]:
+    """Per experiment (``paper/experiment``) its chosen cells (``--cells``, ``--shard``) with their states (done,
+    running or pending), in plan order.
 
     States are those in the run folder of ``options.resume`` or ``options.run_name`` (checked as a run would check
     it); without one, every cell is pending. Nothing is created or changed.
@@ -359,13 +383,25 @@ def list_paper_cells(name: str, experiments: Sequence[str] = (), options: RunOpt
     from common import runner
 
     job = prepare(name, experiments, options)
-    lines = []
+    listing = []
     for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True):
         chosen = {cell.id for cell in cells}
-        lines += [
-            line for cell, line in zip(run_plan.cells, runner.list_cells(run_plan, folder), strict=True)
-            if cell.id in chosen
-        ]  # fmt: skip
+        states = [(cell, runner.cell_state(folder, cell)) for cell in run_plan.cells if cell.id in chosen]
+        listing.append((f"{run_plan.paper.name}/{run_plan.experiment.name}", states))
+    return listing
+
+
+def list_paper_cells(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> str:
+    """``--list-cells``: one line per chosen cell (:func:`listed_cells`) with its id, state, training steps and
+    images, and the ids it needs; then per experiment the number of cells and their total steps and images."""
+    from common import runner
+
+    lines = []
+    for experiment, states in listed_cells(name, experiments, options):
+        lines += [runner.cell_line(cell, state) for cell, state in states]
+        total = runner.describe_cost(sum((cell.cost for cell, _ in states), Cost()))
+        count = f"{len(states)} cell{'' if len(states) == 1 else 's'}"
+        lines.append(f"{experiment}: {count}{', ' + total if total else ''}")
     return "\n".join(lines)
 
 
@@ -396,6 +432,7 @@ def report(runs: Path | None = None, paper: str | None = None) -> str:
     machines included). A run with unfinished cells is listed with how many are left.
     """
     from common import runner
+    from common.run import CONFIG_FILE
 
     runs = runs or folder_locations.runs_root()
     newest: dict[tuple[str, str, str], tuple[str, runner.RecordedRun]] = {}
@@ -409,7 +446,7 @@ def report(runs: Path | None = None, paper: str | None = None) -> str:
         if recorded.paper not in PAPER_MODULES:
             skipped.append(f"{path.parent}: a run of {recorded.paper!r}, which is not a paper of this suite; skipped")
             continue
-        key = (recorded.paper, recorded.experiment, recorded.settings.scale)
+        key = (recorded.paper, recorded.experiment, recorded.settings.scale, recorded.settings.smoke)
         if (paper is None or recorded.paper == paper) and (key not in newest or saved >= newest[key][0]):
             newest[key] = (saved, recorded)
     blocks = list(skipped)
@@ -476,6 +513,12 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
     parser.add_argument("--scale", choices=SCALES, help="demo (CPU, minutes; the default) or paper (GPU)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the experiment's)")
     parser.add_argument("--epochs", type=int, help="override the number of training epochs")
+    parser.add_argument(
+        "--smoke",
+        action="store_const",
+        const=True,
+        help="the scale's configuration, but every training 2 steps and every evaluation 2 batches per set",
+    )
     parser.add_argument("--output", type=Path, help=f"runs root (default {folder_locations.runs_root()})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -505,7 +548,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per paper plus all, list, report and download."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the engines' log lines (Ignite's INFO)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_options(commands.add_parser("all", help="every paper (the default command)"), cells=False)
@@ -530,6 +575,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         scale=args.scale,
         seeds=tuple(args.seeds) if args.seeds else None,
         epochs=args.epochs,
+        smoke=args.smoke,
         resume=getattr(args, "resume", None),
         output=args.output,
         run_name=getattr(args, "run_name", None),

@@ -19,13 +19,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
-
-import torch
-from ignite.handlers import TensorboardLogger
+from typing import TYPE_CHECKING, Any
 
 from common.errors import DataError
 from common.results import ResultRow
+
+if TYPE_CHECKING:  # torch and ignite load in seconds: `python main.py --help` imports this module without them
+    import torch
+    from ignite.handlers import TensorboardLogger
 
 SCALES = ("demo", "paper")
 CELL_RESULT = "result.json"
@@ -36,12 +37,14 @@ _ID_PART = re.compile(r"[A-Za-z0-9_.+=-]+")
 class Settings:
     """The options that decide what a run computes; recorded in ``config.json`` and restored by ``--resume``.
 
-    ``seeds=None`` and ``epochs=None`` keep the experiment's own settings for the scale.
+    ``seeds=None`` and ``epochs=None`` keep the experiment's own settings for the scale; ``smoke`` runs the scale's
+    configuration with every training cut to 2 steps and every evaluation to 2 batches per set (:mod:`common.smoke`).
     """
 
     scale: str = "demo"
     seeds: tuple[int, ...] | None = None
     epochs: int | None = None
+    smoke: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -126,6 +129,22 @@ CellFunction = Callable[[RunContext], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What a cell computes, counted from its configuration and the sizes of its datasets, to size a job.
+
+    Attributes:
+        steps: optimiser steps of its training (0: nothing is trained).
+        images: images passed through a network, training (each epoch's) and evaluation together.
+    """
+
+    steps: int = 0
+    images: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.steps + other.steps, self.images + other.images)
+
+
+@dataclass(frozen=True)
 class Cell:
     """One training and/or evaluation of a table.
 
@@ -134,11 +153,13 @@ class Cell:
         run: runs the cell with its bound :class:`RunContext`; returns its named values (JSON: numbers, strings,
             lists and mappings of them).
         needs: ids of the cells whose outputs it reads; they run first.
+        cost: its training steps and images (``--list-cells`` prints them and their totals).
     """
 
     id: str
     run: CellFunction = field(compare=False)
     needs: tuple[str, ...] = ()
+    cost: Cost = field(default=Cost(), compare=False)
 
     def __post_init__(self) -> None:
         check_cell_id(self.id)
@@ -195,6 +216,10 @@ CellsFunction = Callable[[Any], Sequence[Cell]]
 TableFunction = Callable[[Any, Mapping[str, Mapping[str, Any]]], list[ResultRow]]
 
 
+def _no_batches(config: Any) -> Mapping[str, int]:
+    return {}
+
+
 def _no_threads(config: Any) -> int | None:
     return None
 
@@ -214,6 +239,8 @@ class Experiment:
         cpu_threads: torch intra-op threads for the cells on a CPU (None: torch's default).
         data_parallel: whether its trainings run data-parallel over several processes (``--nproc-per-node``,
             torchrun): each of its cells is then run by every rank together.
+        global_batches: the global batch sizes of its trainings by configuration key; each must be a multiple of
+            the number of data-parallel processes, which is checked before any is started.
     """
 
     name: str
@@ -224,6 +251,7 @@ class Experiment:
     scales: tuple[str, ...] = SCALES
     cpu_threads: Callable[[Any], int | None] = _no_threads
     data_parallel: bool = False
+    global_batches: Callable[[Any], Mapping[str, int]] = _no_batches
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from torch import nn
 from common.errors import DataError, MissingDataError
 from common.files import fsync_folder, is_disk_full, new_file_mode, write_text_atomically
 from common.run import make_reproducible
+from common.smoke import limit_training
 
 PROGRESS_ENV = "OOD_REPRO_PROGRESS"  # "0" turns progress bars off
 SKIPPED_STEPS = "skipped_steps"  # trainer.state counter written by finite_step
@@ -527,6 +528,8 @@ def setup_handlers(
 ) -> TrainingHandlers:
     """Wire a training run: scheduler, reproducible epochs, progress, evaluation, tensorboard, checkpoints, resume.
 
+    In a smoke run (``common.smoke``) the training ends after 2 steps, and is then evaluated.
+
     A run in which every step is skipped as non-finite fails (``fail_if_every_step_skipped``); record
     ``training_counts(trainer)`` in the cell's result so that its skipped steps are reported.
 
@@ -553,6 +556,7 @@ def setup_handlers(
         raise ValueError(f"to_save must not contain {sorted(added)}: setup_handlers adds these entries")
     count_skipped_steps(trainer)
     fail_if_every_step_skipped(trainer)
+    limit_training(trainer)
     if lr_scheduler is not None:
         trainer.add_event_handler(Events.ITERATION_STARTED, lr_scheduler)
     saved = {"trainer": trainer, **to_save, "rng": make_reproducible(trainer, seed)}

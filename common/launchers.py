@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from common.cells import Cell, RunContext, Settings, is_finished
 from common.errors import UsageError
 from common.files import write_text_atomically
 from common.runner import Plan, with_prerequisites
+from common.slurm import SlurmOptions
 
 Log = Callable[[str], None]
 
@@ -166,23 +167,6 @@ def _ready(todo: list[tuple[Batch, Cell]], running: dict, max_parallel: int) -> 
 
 
 # ----------------------------------------------------------------------------------------------- Slurm
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What every cell's job asks of Slurm (see ``sbatch``): partition, GPUs and CPUs per cell, time limit."""
-
-    partition: str | None = None
-    gpus_per_cell: int = 1
-    cpus_per_cell: int = 8
-    time_minutes: int = 24 * 60
-    array_parallelism: int = 256
-    extra_arguments: tuple[str, ...] = field(default=())  # main.py options each job adds (e.g. --nproc-per-node)
-
-    def __post_init__(self) -> None:
-        for name in ("gpus_per_cell", "cpus_per_cell", "time_minutes", "array_parallelism"):
-            if getattr(self, name) < (0 if name == "gpus_per_cell" else 1):
-                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected a positive number")
-
-
 @dataclass(frozen=True)
 class CellJob:
     """A Slurm job's function: ``python main.py <arguments>``, its output streamed into the job's log."""

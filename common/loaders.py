@@ -15,6 +15,8 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
+from common.smoke import evaluation_subset
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -99,7 +101,7 @@ class TensorBatchLoader:
         self.epoch = 0
         self._skip = 0
         self._cached_order: tuple[int, torch.Tensor] | None = None
-        self.num_batches = len(images) // batch_size if drop_last else math.ceil(len(images) / batch_size)
+        self.num_batches = batch_count(len(images), batch_size, drop_last)
         if self.num_batches == 0:
             raise ValueError(
                 f"batch_size: {batch_size} exceeds the {len(images)} samples and drop_last is set, so there would "
@@ -163,6 +165,11 @@ class TensorBatchLoader:
         return images, labels
 
 
+def batch_count(count: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches of an epoch over ``count`` samples: ``count // batch_size`` with ``drop_last``, else rounded up."""
+    return count // batch_size if drop_last else math.ceil(count / batch_size)
+
+
 def rank_block(count: int, rank: int | None = None, world_size: int | None = None) -> slice:
     """Rank ``rank``'s contiguous block of ``count`` items split over ``world_size`` ranks (``torch.tensor_split``'s
     split: the first ``count % world_size`` ranks get one item more); defaults from ``ignite.distributed``."""
@@ -186,10 +193,13 @@ def evaluation_loaders(
     of ``batch_size / world_size`` (rounded up), one loader per set it touches. Outputs gathered rank after rank
     (``common.metrics.CollectTensors``) thus come back in the order of the sets' samples, as in one process.
     Evaluation runs without collective operations per batch, so the ranks may run different numbers of batches.
+    A smoke run keeps at most two batches of each set (``common.smoke.evaluation_subset``).
 
     Raises:
         ValueError: fewer samples than ranks (a rank without samples could not join the gathers).
     """
+    subsets = [evaluation_subset(len(images), batch_size) for images, _ in sets]
+    sets = [(images[subset], labels[subset]) for (images, labels), subset in zip(sets, subsets, strict=True)]
     rank, world_size = idist.get_rank(), idist.get_world_size()
     total = sum(len(images) for images, _ in sets)
     if total < world_size:

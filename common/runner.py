@@ -32,6 +32,7 @@ import ignite.distributed as idist
 from common.cells import (
     CELL_RESULT,
     Cell,
+    Cost,
     Experiment,
     Paper,
     RunContext,
@@ -45,6 +46,7 @@ from common.errors import UsageError
 from common.files import FileLock, new_file_mode, write_json_atomically
 from common.results import ResultRow, RunRecord, write_results
 from common.run import CONFIG_FILE, plain, run_metadata, torch_threads
+from common.smoke import TABLE_MARK, smoke_limits
 
 LOCK_FILE = ".lock"
 
@@ -135,8 +137,9 @@ def merge_settings(recorded: RecordedRun, given: Mapping[str, Any]) -> Settings:
         kept = getattr(recorded.settings, name)
         value = tuple(value) if isinstance(value, list) else value
         if value != kept:
+            option = f"--{name}" if isinstance(value, bool) else f"--{name} {_show(value)}"
             raise UsageError(
-                f"--{name} {_show(value)} conflicts with the run's recorded {name} {_show(kept)} in {recorded.folder};"
+                f"{option} conflicts with the run's recorded {name} {_show(kept)} in {recorded.folder};"
                 f" leave it out to continue the run as it was started"
             )
     return recorded.settings
@@ -275,13 +278,16 @@ def cell_state(run_dir: Path | None, cell: Cell) -> str:
     return "running" if cell_lock(run_dir, cell.id).is_held_elsewhere() else "pending"
 
 
-def list_cells(run_plan: Plan, run_dir: Path | None) -> list[str]:
-    """One line per cell: id, state and the ids it needs."""
-    lines = []
-    for cell in run_plan.cells:
-        needs = f"  needs {', '.join(cell.needs)}" if cell.needs else ""
-        lines.append(f"{cell.id}  {cell_state(run_dir, cell)}{needs}")
-    return lines
+def cell_line(cell: Cell, state: str) -> str:
+    """``--list-cells``' line of a cell: id, state, training steps and images (when counted), the ids it needs."""
+    cost = describe_cost(cell.cost)
+    needs = f"  needs {', '.join(cell.needs)}" if cell.needs else ""
+    return f"{cell.id}  {state}{'  ' + cost if cost else ''}{needs}"
+
+
+def describe_cost(cost: Cost) -> str:
+    """``"12,345 steps, 1,234,567 images"`` (the parts that are not zero; ``""`` if both are)."""
+    return ", ".join(f"{count:,} {name}" for count, name in ((cost.steps, "steps"), (cost.images, "images")) if count)
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -332,7 +338,7 @@ def run_cells(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_s
             if lead:
                 log(f"[{len(ran) + 1}/{total}] {cell.id}")
             started = time.perf_counter()
-            with torch_threads(threads):
+            with torch_threads(threads), smoke_limits(context.settings.smoke):
                 values = cell.run(context.for_cell(cell.id))
             if lead:
                 _write_cell_result(run_dir, cell, values, time.perf_counter() - started)
@@ -409,7 +415,11 @@ def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
     if not all(is_finished(run_dir, cell.id) for cell in run_plan.cells):
         return None
     results = {cell.id: read_cell_result(run_dir, cell.id) for cell in run_plan.cells}
-    rows = [replace(row, scale=run_plan.settings.scale) for row in run_plan.experiment.table(run_plan.config, results)]
+    mark = TABLE_MARK if run_plan.settings.smoke else ""
+    rows = [
+        replace(row, scale=run_plan.settings.scale, table=row.table + mark)
+        for row in run_plan.experiment.table(run_plan.config, results)
+    ]
     record = RunRecord(run_plan.paper.name, run_plan.experiment.name, rows, run_plan.settings.as_record())
     write_results(run_dir, record)
     return rows
@@ -418,4 +428,3 @@ def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
 def pending(run_plan: Plan, run_dir: Path) -> list[str]:
     """Ids of the cells of the run that have not finished."""
     return [cell.id for cell in run_plan.cells if not is_finished(run_dir, cell.id)]
-

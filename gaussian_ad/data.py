@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 import folder_locations
-from common.datasets.mvtec import read_mvtec
+from common import smoke
+from common.datasets.mvtec import MVTecSplit, read_mvtec
 from common.errors import DataError
 from common.files import torch_save_atomically
 from gaussian_ad.augment import Switches, augment
@@ -74,10 +75,28 @@ def resolution(name: str) -> int:
     return ARCHITECTURES[name].resolution
 
 
+def _read(config: GaussianADConfig, arch: str, category: str, split: str) -> MVTecSplit:
+    """One split of ``category`` at ``arch``'s resolution; in a smoke run, two batches of it (``common.smoke``)."""
+    data = read_mvtec(dataset_folder(config), category, split, size=resolution(arch))
+    subset = smoke.evaluation_subset(len(data.labels), config.batch_size)
+    if isinstance(subset, slice):
+        return data
+    rows = subset.tolist()
+    return MVTecSplit(
+        data.images[subset],
+        data.labels[subset],
+        data.masks[subset],
+        [data.defect_types[i] for i in rows],
+        [data.paths[i] for i in rows],
+    )
+
+
 def _key(config: GaussianADConfig, arch: str, category: str, augmented: bool) -> tuple:
-    """What an extraction depends on: the images, the backbone, the category and the augmentation."""
+    """What an extraction depends on: the images (a smoke run's are fewer), the backbone, the category and the
+    augmentation."""
     synthetic = (config.n_train, config.n_test_good, config.n_test_defect, config.image_size)
-    data = (str(_dataset_root(config)), synthetic if config.synthetic else None, arch, config.padding, category)
+    images = (str(_dataset_root(config)), synthetic if config.synthetic else None, smoke.active())
+    data = (*images, arch, config.padding, category)
     return (*data, config.augment_passes, config.fold_seed) if augmented else data
 
 
@@ -87,8 +106,7 @@ def category_features(
     """``{"train", "test", "test_labels"}``: pooled features of one category's train and test images."""
     key = _key(config, arch, category, augmented=False)
     if key not in _FEATURES:
-        folder, size = dataset_folder(config), resolution(arch)
-        splits = {split: read_mvtec(folder, category, split, size=size) for split in ("train", "test")}  # data first
+        splits = {split: _read(config, arch, category, split) for split in ("train", "test")}  # data first
         model = backbone(arch, config.padding)
         extracted = {
             split: extract_features(model, data.images, device, config.batch_size, progress, desc=f"{category} {split}")
@@ -103,19 +121,19 @@ def augmented_features(
 ) -> dict[str, Any]:
     """``{"augmented"}``: per level (passes, N_train, C_l) features of ``config.augment_passes`` augmented passes.
 
-    Each pass augments every training image once (note §1.10), drawing from one generator seeded ``fold_seed``.
+    Each pass augments every training image once (note §1.10); image i of pass p is drawn from the generators of
+    (``fold_seed``, p, i) (:func:`gaussian_ad.augment.random_state`).
     """
     passes = config.augment_passes
     key = _key(config, arch, category, augmented=True)
     if key not in _FEATURES:
-        train = read_mvtec(dataset_folder(config), category, "train", size=resolution(arch))  # data first
+        train = _read(config, arch, category, "train")  # data first
         model = backbone(arch, config.padding)
-        generator = torch.Generator().manual_seed(config.fold_seed)
         switches = Switches.for_category(category)
         per_pass = [
             extract_features(
                 model,
-                augment(train.images, switches, generator),
+                augment(train.images, switches, config.fold_seed, p),
                 device,
                 config.batch_size,
                 progress,

@@ -35,6 +35,7 @@ from common.results import NOT_PUBLISHED, ResultRow, Spread, summary_row
 from common.run import seed_everything
 from gaussian_ad import paper
 from gaussian_ad.config import GaussianADConfig, configure
+from gaussian_ad.cost import features_cost
 from gaussian_ad.data import augmented_features, category_features, stored_features, write_features
 from gaussian_ad.engine import fit
 from gaussian_ad.paper import LEVELS, SUM
@@ -155,10 +156,13 @@ def cells(experiment: str, config: GaussianADConfig) -> list[Cell]:
     found: list[Cell] = []
     for arch in dict.fromkeys(arch for _, arch, _ in columns(experiment, config)):
         for category in config.categories:
-            found.append(Cell(features_id(experiment, arch, category), partial(_features_cell, arch, category, False)))
+            run = partial(_features_cell, arch, category, False)
+            cost = features_cost(config, category, augmented=False)
+            found.append(Cell(features_id(experiment, arch, category), run, cost=cost))
             if experiment in AUGMENTED:
                 cell_id = augmented_id(experiment, config, arch, category)
-                found.append(Cell(cell_id, partial(_features_cell, arch, category, True)))
+                run = partial(_features_cell, arch, category, True)
+                found.append(Cell(cell_id, run, cost=features_cost(config, category, augmented=True)))
     for category in config.categories:
         for _, arch, variant in columns(experiment, config):
             needs = [features_id(experiment, arch, category)]
@@ -172,7 +176,7 @@ def cells(experiment: str, config: GaussianADConfig) -> list[Cell]:
 # ------------------------------------------------------------------------------------------------ tables
 def _note(config: GaussianADConfig, arch: str, augmented: bool = False) -> str:
     data = "synthetic MVTec-layout data" if config.synthetic else "MVTec AD"
-    extra = f", {config.augment_passes} augmented passes (torch approximation)" if augmented else ""
+    extra = f", {config.augment_passes} augmented passes (the original's albumentations pipeline)" if augmented else ""
     return f"{arch} on {data}, {config.n_folds} folds{extra}"
 
 

@@ -1,12 +1,12 @@
 """Image sets of the InvGlow experiments (Schirrmeister et al., NeurIPS 2020), as uint8 (N, C, S, S) tensors at the
 model's resolution.
 
-Paper scale: 80M Tiny Images subset (``python invglow/create_tiny.py``), CIFAR-10/100, SVHN, LSUN, CelebA,
-TinyImageNet through ``common.datasets``. Demo scale: everything is generated on the spot. A small binary in the
-real Tiny Images format (3072-byte column-major records) is written into the folder of the pretraining cell and cut
-by ``common.tiny_builder`` (the library behind ``invglow/create_tiny.py``) exactly as the real one; in-distribution
-sets are procedurally drawn shapes (the CIFAR-10 stand-in) and coloured scikit-learn digits (the SVHN stand-in);
-noise sets are extra OOD sets.
+Paper scale: 80M Tiny Images subset (``python invglow/create_tiny.py [--exclude-cifar]``), CIFAR-10/100, SVHN, LSUN,
+CelebA, TinyImageNet through ``common.datasets``. Demo scale: everything is generated on the spot. A small binary in
+the real Tiny Images format (3072-byte column-major records) is written into the folder of the pretraining cell and
+cut by ``common.tiny_builder`` (the library behind ``invglow/create_tiny.py``) exactly as the real one;
+in-distribution sets are procedurally drawn shapes (the CIFAR-10 stand-in) and coloured scikit-learn digits (the
+SVHN stand-in); noise sets are extra OOD sets.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 import folder_locations
-from common.datasets import ImageSet, load
-from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES, SUBSET_NAME
-from common.tiny_builder import CHUNK_SIZE, build_tiny_subset
+from common.datasets import ImageSet, dataset_folder, load
+from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES, SUBSET_NAME, read_tiny_subset
+from common.tiny_builder import CHUNK_SIZE, EXCLUDE_CIFAR_NAME, build_tiny_subset
 from common.transforms import resize
 from invglow.config import InvGlowConfig
 
@@ -118,6 +118,17 @@ def write_demo_tiny_binary(path: Path, n_images: int, seed: int) -> Path:
     return path
 
 
+def demo_tiny_chunks(n_images: int) -> int:
+    """Chunks of :data:`CHUNK_SIZE` images cut from a demo binary of ``n_images``: every chunk start but the last,
+    as the original."""
+    return -(-n_images // CHUNK_SIZE) - 1
+
+
+def tiny_train_chunks(n_chunks: int) -> int:
+    """Chunks of a Tiny subset of ``n_chunks`` chunks that train: the first 80 % (the rest test)."""
+    return round(n_chunks * TINY_TRAIN_FRACTION)
+
+
 def build_demo_tiny(folder: Path, n_images: int, seed: int) -> Path:
     """Write the demo binary into ``folder`` (if absent) and cut it as ``create_tiny.py`` cuts the real one;
     returns ``folder``."""
@@ -125,7 +136,7 @@ def build_demo_tiny(folder: Path, n_images: int, seed: int) -> Path:
     binary = folder / BINARY_NAME
     if not binary.is_file() or binary.stat().st_size != n_images * IMAGE_BYTES:
         write_demo_tiny_binary(binary, n_images, seed)
-    n_chunks = -(-n_images // CHUNK_SIZE) - 1  # every chunk start but the last, as the original
+    n_chunks = demo_tiny_chunks(n_images)
     build_tiny_subset(binary, folder, name=SUBSET_NAME, n_chunks=n_chunks, expected_images=None, progress=False)
     return folder
 
@@ -147,7 +158,7 @@ def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     shuffled by ``seed``, the first 80 % train (by chunk)."""
     n_chunks = n_images // CHUNK_SIZE
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n_chunks))
-    n_train = round(n_chunks * TINY_TRAIN_FRACTION)
+    n_train = tiny_train_chunks(n_chunks)
     rows = (order[:, None] * CHUNK_SIZE + torch.arange(CHUNK_SIZE)).flatten()
     return rows[: n_train * CHUNK_SIZE], rows[n_train * CHUNK_SIZE :]
 
@@ -155,11 +166,18 @@ def tiny_split_rows(n_images: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 def tiny_images(config: InvGlowConfig, folder: Path, seed: int, split: str) -> torch.Tensor:
     """The ``"train"`` or ``"test"`` uint8 Tiny images at the model's size and channels (:func:`tiny_split_rows`),
     read from the memory-mapped subset of ``folder_locations.tiny_images_root()`` (demo: the one
-    :func:`prepare_tiny` wrote into the pretraining cell's ``folder``). Only that split's rows are converted."""
+    :func:`prepare_tiny` wrote into the pretraining cell's ``folder``): ``tiny_subset``, or
+    ``tiny_subset_exclude_cifar`` with ``config.exclude_cifar_from_tiny``. Only that split's rows are converted."""
     root = folder / DEMO_TINY_FOLDER if config.scale == "demo" else None
-    subset = load("tiny-images-subset", "train", root=root)
+    name = EXCLUDE_CIFAR_NAME if config.exclude_cifar_from_tiny else SUBSET_NAME
+    subset = read_tiny_subset(dataset_folder("tiny-images-subset", root), "train", name=name)
     rows = dict(zip(("train", "test"), tiny_split_rows(len(subset.images), seed), strict=True))
     return to_size(subset.images, config.glow.image_size, config.glow.channels, rows[split])
+
+
+def source_split(name: str, split: str) -> str:
+    """The ``common.datasets`` split that ``split`` of set ``name`` is read from (``"test"`` for test-only sets)."""
+    return "test" if name in _TEST_ONLY else split
 
 
 def image_set(name: str, split: str, config: InvGlowConfig, seed: int) -> ImageSet:
@@ -177,7 +195,7 @@ def _image_set(name: str, split: str, config: InvGlowConfig, seed: int, root: Pa
         n = config.data.demo_train if split == "train" else config.data.demo_test
         images, labels = generated_set(name, split, n, seed)
     else:
-        images, labels = load(name, "test" if name in _TEST_ONLY else split, root=root)
+        images, labels = load(name, source_split(name, split), root=root)
     return ImageSet(to_size(images, config.glow.image_size, config.glow.channels), labels)
 
 

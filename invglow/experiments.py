@@ -40,6 +40,7 @@ from common.results import ResultRow, Spread, summary_row
 from common.run import seed_everything
 from invglow import paper
 from invglow.config import InvGlowConfig, TrainConfig, configure, cpu_threads, grey_config
+from invglow.cost import finetune_cost, from_scratch_cost, pretrain_cost
 from invglow.data import (
     EvalSets,
     eval_sets,
@@ -90,7 +91,8 @@ RGB = Group(
         (paper.UNSUPERVISED_TABLE, paper.RATIO, "plain", "ratio"),
         (paper.UNSUPERVISED_TABLE, paper.RATIO_OUTLIER_LOSS, "outlier-loss", "ratio"),
         (paper.UNSUPERVISED_TABLE, paper.FINAL_SCALE, "plain", "final_scale"),
-        (paper.UNSUPERVISED_TABLE, paper.MARGIN_LOSS, "margin-loss", "raw"),
+        (paper.UNSUPERVISED_TABLE, paper.MARGIN_LOSS, "margin-loss", "ratio"),
+        (paper.UNSUPERVISED_TABLE, paper.MARGIN_LOSS_RAW, "margin-loss", "raw"),
         (paper.SUPERVISED_TABLE, paper.SUPERVISED_RATIO, "supervised", "ratio"),
     ),
 )
@@ -228,16 +230,20 @@ def serra_aurocs(evaluation: EvalSets, fine: torch.Tensor, ood_name: str) -> dic
 def tables_cells(config: InvGlowConfig) -> list[Cell]:
     """A Tiny pretraining cell per group and seed, then a finetuning cell per set, variant and seed needing it."""
     found = [
-        Cell(pretrain_id(group, s), partial(_pretrain, group, s)) for group in groups(config) for s in config.seeds
+        Cell(pretrain_id(group, s), partial(_pretrain, group, s), cost=pretrain_cost(group_config(config, group)))
+        for group in groups(config)
+        for s in config.seeds
     ]
     for group in groups(config):
-        for in_name in group_config(config, group).data.in_distribution:
+        sets = group_config(config, group)
+        for in_name in sets.data.in_distribution:
             for variant in group.variants:
                 found += [
                     Cell(
                         finetune_id(group, in_name, variant, s),
                         partial(_finetune, group, in_name, variant, s),
                         needs=(pretrain_id(group, s),),
+                        cost=finetune_cost(sets, in_name, outliers=VARIANTS[variant] is not None),
                     )
                     for s in config.seeds
                 ]
@@ -343,6 +349,7 @@ def local_semantic_cells(config: InvGlowConfig) -> list[Cell]:
                     local_semantic_id(kind, in_name, seed),
                     partial(_from_scratch, kind, in_name, seed),
                     needs=() if kind == "full" else (full,),
+                    cost=from_scratch_cost(config, in_name),
                 )
                 for kind in MODEL_KINDS
             ]
@@ -369,6 +376,15 @@ def local_semantic_table(config: InvGlowConfig, results: Mapping[str, Mapping[st
     return rows
 
 
+def global_batches(config: InvGlowConfig) -> dict[str, int]:
+    """The global batch sizes of the Glow trainings (in-distribution and outlier batches have the same size)."""
+    return {
+        "pretrain.batch_size": config.pretrain.batch_size,
+        "finetune.batch_size": config.finetune.batch_size,
+        "local_semantic.train.batch_size": config.local_semantic.train.batch_size,
+    }
+
+
 PAPER = Paper(
     PAPER_NAME,
     CITATION,
@@ -381,6 +397,7 @@ PAPER = Paper(
             tables_table,
             cpu_threads=cpu_threads,
             data_parallel=True,
+            global_batches=global_batches,
         ),
         Experiment(
             "local_vs_semantic",
@@ -390,6 +407,7 @@ PAPER = Paper(
             local_semantic_table,
             cpu_threads=cpu_threads,
             data_parallel=True,
+            global_batches=global_batches,
         ),
     ),
 )

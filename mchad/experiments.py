@@ -18,6 +18,7 @@ from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.results import ResultRow, Spread, summary_row
 from mchad import paper
 from mchad.config import DatasetConfig, MainTableConfig, MethodConfig, configure
+from mchad.cost import cell_cost
 from mchad.data import ImageCache
 from mchad.engine import fit
 
@@ -89,7 +90,11 @@ def cell_values(metrics: Mapping[str, Any], method: MethodConfig) -> dict[str, A
 def cells(config: MainTableConfig) -> list[Cell]:
     """Every (dataset, method, seed) of the table, dataset by dataset (the image cache is per dataset)."""
     return [
-        Cell(cell_id(dataset, method, seed), partial(train_cell, dataset, method, seed))
+        Cell(
+            cell_id(dataset, method, seed),
+            partial(train_cell, dataset, method, seed),
+            cost=cell_cost(dataset, method, config.train),
+        )
         for dataset in config.datasets
         for method in config.methods[dataset.name]
         for seed in config.seeds
@@ -146,6 +151,10 @@ PAPER = Paper(
             table,
             cpu_threads=lambda config: config.train.cpu_threads,
             data_parallel=True,
+            global_batches=lambda config: {
+                "train.batch_size": config.train.batch_size,
+                "train.outlier_batch_size": config.train.outlier_batch_size,
+            },
         ),
     ),
 )

@@ -62,6 +62,11 @@ def training_set(
     return ImageSet(data.images[chosen], data.labels[chosen])
 
 
+def anomaly_count(n_normal: int, anomaly_fraction: float = ANOMALY_FRACTION) -> int:
+    """Anomalies beside ``n_normal`` normal test images: ``int(n · f / (1 − f))`` (C-MemAE's rounding)."""
+    return int(n_normal * anomaly_fraction / (1.0 - anomaly_fraction))
+
+
 def one_class_test_set(
     data: ImageSet, normal_class: int, rng: np.random.Generator, anomaly_fraction: float = ANOMALY_FRACTION
 ) -> ImageSet:
@@ -77,7 +82,7 @@ def one_class_test_set(
         raise ValueError(f"anomaly_fraction must be in (0, 1), got {anomaly_fraction}")
     normal = _indices_of(data.labels, [normal_class], "test")[normal_class]
     others = np.flatnonzero(data.labels.numpy() != normal_class)
-    count = int(len(normal) * anomaly_fraction / (1.0 - anomaly_fraction))
+    count = anomaly_count(len(normal), anomaly_fraction)
     if count == 0:
         raise ValueError(
             f"class {normal_class} has only {len(normal)} test image(s): too few for one anomaly at "

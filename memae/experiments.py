@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import folder_locations
 from common.cells import Cell, Experiment, Paper, RunContext, id_part
@@ -30,6 +31,7 @@ from common.datasets import ImageSet, load
 from common.loaders import TensorBatchLoader
 from common.results import ResultRow, Spread, summary_row
 from common.run import seed_everything
+from common.smoke import evaluation_subset
 from memae import paper
 from memae.config import (
     ConditionalSetting,
@@ -40,6 +42,7 @@ from memae.config import (
     TrainConfig,
     configure,
 )
+from memae.cost import few_shot_cost, group_cost, one_class_cost
 from memae.data import normalisation, one_class_test_set, training_set
 from memae.engine import TRAINING, Evaluation, create_evaluator, fit, load_weights, save_weights
 from memae.few_shot import STRATEGIES
@@ -99,8 +102,11 @@ def _build(architecture: str, variant: str, memory: MemoryConfig, ctx: RunContex
 
 
 def _test_set(test: ImageSet, normal_class: int, seed: int) -> ImageSet:
-    """The one-class test set of ``normal_class``, the anomalies drawn with ``default_rng([seed, class])``."""
-    return one_class_test_set(test, normal_class, np.random.default_rng([seed, normal_class]))
+    """The one-class test set of ``normal_class``, the anomalies drawn with ``default_rng([seed, class])``; two
+    evaluation batches of it spread over the set in a smoke run (``common.smoke``)."""
+    chosen = one_class_test_set(test, normal_class, np.random.default_rng([seed, normal_class]))
+    subset = evaluation_subset(len(chosen.labels), EVAL_BATCH)
+    return ImageSet(chosen.images[subset], chosen.labels[subset])
 
 
 def _train_one_class(
@@ -150,15 +156,24 @@ def image_cell_id(setting: ImageSetting, label: str, c: int, seed: int) -> str:
     return f"{NAME}/image_table/{id_part(setting.data.column)}/{label}/class-{c}/seed-{seed}"
 
 
+def image_memory(setting: ImageSetting, label: str) -> MemoryConfig:
+    """The memory of an image-table row: the column's, without sparsity for MemAE-nonSpar (ignored by AE)."""
+    return setting.memory.without_sparsity() if label == "MemAE-nonSpar" else setting.memory
+
+
 def _image_cell(setting: ImageSetting, label: str, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
-    memory = setting.memory.without_sparsity() if label == "MemAE-nonSpar" else setting.memory
+    memory = image_memory(setting, label)
     return _train_one_class(ctx, setting.data, IMAGE_VARIANTS[label], memory, setting.train, c, seed)[0]
 
 
 def image_cells(config: MemAEConfig) -> list[Cell]:
     """One training and test per (column, variant, normal class, seed)."""
     return [
-        Cell(image_cell_id(setting, label, c, seed), functools.partial(_image_cell, setting, label, c, seed))
+        Cell(
+            image_cell_id(setting, label, c, seed),
+            functools.partial(_image_cell, setting, label, c, seed),
+            cost=one_class_cost(setting.data, setting.train, c),
+        )
         for setting in config.image_table
         for label in IMAGE_VARIANTS
         for c in setting.data.classes
@@ -228,6 +243,11 @@ def _single_cell(setting: ConditionalSetting, c: int, seed: int, ctx: RunContext
     return metrics
 
 
+def _selection_modes(variant: str) -> dict[str, str | None]:
+    """The memory selections each class of a group is evaluated with: all for C-MemAE, the known one for the CAE."""
+    return SELF_SELECTION_MODES if variant == "cmemae" else {"known": None}
+
+
 def _group_cell(
     setting: ConditionalSetting, variant: str, group: tuple[int, ...], seed: int, ctx: RunContext
 ) -> dict[str, dict[str, float]]:
@@ -239,7 +259,7 @@ def _group_cell(
     train_data, test_data = _load(setting.data)
     seed_everything(seed)
     model = _build(setting.data.architecture, variant, setting.memory, ctx, conditions=len(group))
-    modes = SELF_SELECTION_MODES if variant == "cmemae" else {"known": None}
+    modes = _selection_modes(variant)
     evaluations = [
         Evaluation(
             f"{mode}_{c}",
@@ -265,14 +285,24 @@ def _group_cell(
     return metrics
 
 
+def source_model(setting: ConditionalSetting, source: str, ctx: RunContext) -> Autoencoder:
+    """The untrained model a few-shot strategy starts from: the source class's MemAE or the source group's
+    C-MemAE (``source`` ``"single"`` or ``"conditional"``)."""
+    if source == "single":
+        return _build(setting.data.architecture, "memae", setting.memory, ctx)
+    return _build(setting.data.architecture, "cmemae", setting.memory, ctx, len(setting.few_shot.source_group))
+
+
 def _pretrained(setting: ConditionalSetting, source: str, seed: int, ctx: RunContext) -> Autoencoder:
     """The model a few-shot strategy starts from, loaded from the ``model.pt`` of its cell."""
-    if source == "single":
-        model = _build(setting.data.architecture, "memae", setting.memory, ctx)
-    else:
-        conditions = len(setting.few_shot.source_group)
-        model = _build(setting.data.architecture, "cmemae", setting.memory, ctx, conditions)
+    model = source_model(setting, source, ctx)
     return load_weights(model, ctx.folder_of(_source_cell_id(setting, source, seed)) / MODEL_FILE)
+
+
+def few_shot_model(setting: ConditionalSetting, name: str, source: Autoencoder, shots: torch.Tensor) -> Autoencoder:
+    """The model a few-shot cell fine-tunes: strategy ``name`` on ``source`` and the normalised ``shots``; a memory
+    with a new N gets its λ by the setting's ``threshold_on_resize``."""
+    return STRATEGIES[name].apply(source, shots, setting.memory.threshold_on_resize)
 
 
 def _few_shot_cell(
@@ -285,7 +315,7 @@ def _few_shot_cell(
     shot_set = training_set(train_data, [new_class], shots, np.random.default_rng([seed, new_class, shots]))
     images = normalisation(shot_set.images.shape[1])(shot_set.images.to(ctx.device))
     seed_everything(seed)
-    model = strategy.apply(source, images)
+    model = few_shot_model(setting, name, source, images)
     evaluation = Evaluation(
         "test", create_evaluator(model, new_class), _loader(_test_set(test_data, new_class, seed), EVAL_BATCH, ctx)
     )
@@ -310,11 +340,19 @@ def conditional_cells(config: MemAEConfig) -> list[Cell]:
         few = setting.few_shot
         for seed in config.seeds:
             found += [
-                Cell(single_cell_id(setting, c, seed), functools.partial(_single_cell, setting, c, seed))
+                Cell(
+                    single_cell_id(setting, c, seed),
+                    functools.partial(_single_cell, setting, c, seed),
+                    cost=one_class_cost(setting.data, setting.train, c),
+                )
                 for c in _grouped_classes(setting)
             ]
             found += [
-                Cell(group_cell_id(setting, v, g, seed), functools.partial(_group_cell, setting, v, g, seed))
+                Cell(
+                    group_cell_id(setting, v, g, seed),
+                    functools.partial(_group_cell, setting, v, g, seed),
+                    cost=group_cost(setting, g, len(_selection_modes(v))),
+                )
                 for g in setting.groups
                 for v in GROUP_VARIANTS
             ]
@@ -323,6 +361,7 @@ def conditional_cells(config: MemAEConfig) -> list[Cell]:
                     few_shot_cell_id(setting, name, shots, c, seed),
                     functools.partial(_few_shot_cell, setting, name, shots, c, seed),
                     needs=(_source_cell_id(setting, strategy.source, seed),),
+                    cost=few_shot_cost(setting, strategy.trains, shots, c),
                 )
                 for name, strategy in STRATEGIES.items()
                 for shots in few.shots

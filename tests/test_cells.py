@@ -139,7 +139,11 @@ def test_a_run_writes_one_result_per_cell_and_the_table_once_all_are_done(tmp_pa
         ("beta", 68.0, None),
     ]
     assert rows[0]["spread_kind"] == "std (ddof 1) over seeds"
-    assert runner.list_cells(run_plan, tmp_path)[2] == "toy/table1/alpha/seed-0  done  needs toy/table1/pretrain/seed-0"
+    alpha = run_plan.by_id["toy/table1/alpha/seed-0"]
+    assert runner.cell_state(tmp_path, alpha) == "done"
+    assert (
+        runner.cell_line(alpha, "done") == "toy/table1/alpha/seed-0  done  50 images  needs toy/table1/pretrain/seed-0"
+    )
 
 
 def test_a_cell_result_names_its_file_when_missing_or_foreign(tmp_path):

@@ -1,4 +1,4 @@
-"""The 5-fold protocol, working points, synthetic MVTec data, augmentation, feature extraction, and the cells:
+"""The 5-fold protocol, working points, synthetic MVTec data, feature extraction, and the cells:
 their ids, one cell with its prerequisites, the end-to-end smoke run and a resumed run."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import main
 from common.datasets.mvtec import read_mvtec
 from common.errors import MissingDataError, UsageError
 from gaussian_ad import data, experiments
-from gaussian_ad.augment import Switches, augment
 from gaussian_ad.backbones import IMAGENET_MEAN, IMAGENET_STD
 from gaussian_ad.config import CONFIGS
 from gaussian_ad.engine import extract_features
@@ -87,18 +86,6 @@ def test_synthetic_mvtec_layout_masks_and_determinism(tmp_path) -> None:
         write_synthetic_mvtec(tmp_path / "c", ("screw",))
 
 
-def test_augmentation_pass() -> None:
-    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    out = augment(images, Switches.for_category("carpet"), torch.Generator().manual_seed(2))
-    again = augment(images, Switches.for_category("carpet"), torch.Generator().manual_seed(2))
-    assert out.dtype == torch.uint8 and out.shape == images.shape and torch.equal(out, again)
-    unchanged = (out == images).flatten(1).all(dim=1).float().mean()
-    assert 0.25 < unchanged < 0.85  # half are left untouched, a few touched ones draw no op
-    assert Switches.for_category("screw").flip is False and Switches.for_category("grid").background_edge is False
-    with pytest.raises(ValueError, match="uint8"):
-        augment(images.float(), Switches(), torch.Generator())
-
-
 def test_bad_inputs(tmp_path) -> None:
     model = torch.nn.Identity()
     with pytest.raises(ValueError, match="uint8 RGB"):
@@ -140,8 +127,11 @@ def tiny_demo(tmp_path, monkeypatch: pytest.MonkeyPatch):
 
 
 def _cells(options: main.RunOptions | None = None) -> list[tuple[str, list[str]]]:
-    lines = main.list_paper_cells("gaussian_ad", options=options).splitlines()
-    return [(line.split()[0], line.split("needs ")[1].split(", ") if "needs " in line else []) for line in lines]
+    return [
+        (cell.id, list(cell.needs))
+        for _, cells in main.listed_cells("gaussian_ad", options=options)
+        for cell, _ in cells
+    ]
 
 
 def test_cell_ids_are_unique_stable_and_their_needs_are_cells() -> None:

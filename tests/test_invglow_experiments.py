@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,11 +53,9 @@ def tiny_config(monkeypatch: pytest.MonkeyPatch) -> InvGlowConfig:
 
 def _cells(options: main.RunOptions) -> list[tuple[str, list[str]]]:
     """(id, needs) of every line of ``--list-cells``."""
-    cells = []
-    for line in main.list_paper_cells("invglow", options=options).splitlines():
-        cell_id, _, *needs = line.split("  ")
-        cells.append((cell_id, needs[0].removeprefix("needs ").split(", ") if needs else []))
-    return cells
+    return [
+        (cell.id, list(cell.needs)) for _, cells in main.listed_cells("invglow", options=options) for cell, _ in cells
+    ]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_shards_give_the_rows_of_an_unsharded_run(tiny_config: InvGlowConfig, tm
 
     # every cell of every table once: 2 sets × 2 OOD sets each; grey: each set against the other; Serra
     cells = {(row.table, row.row, row.column): row for row in whole}
-    assert len(cells) == len(whole) == (5 + 1) * 4 + 4 * 2 + 4
+    assert len(cells) == len(whole) == (6 + 1) * 4 + 4 * 2 + 4
     assert all(0.0 <= row.ours <= 100.0 and row.seeds == (0,) and row.scale == "demo" for row in whole)
     serra = cells[(paper.SERRA_TABLE, paper.SERRA_S, paper.ORIGINAL_CODE)]
     assert serra.paper_value == 78.4 and serra.note.startswith("original repo")
@@ -140,30 +140,95 @@ def test_shards_give_the_rows_of_an_unsharded_run(tiny_config: InvGlowConfig, tm
     assert ratio.ours == result["AUROC-ratio/digits-rgb"] and ratio.paper_value is None
 
 
-def _results(config_: InvGlowConfig, value: float) -> dict[str, dict[str, float]]:
-    """Every cell's values, all ``value`` (``+ seed``), as the table reads them."""
+def _results(config_: InvGlowConfig, value_of: Callable[[str, str], float]) -> dict[str, dict[str, float]]:
+    """Every cell's values as the table reads them, ``value_of(cell id, value name)``."""
     results = {}
     for cell in [*experiments.tables_cells(config_), *experiments.local_semantic_cells(config_)]:
-        seed = int(cell.id.rsplit("-", 1)[1])
         names = [f"AUROC-{kind}/{ood}" for kind in ("raw", "ratio", "final_scale") for ood in config_.data.ood]
         names += [f"AUROC-{kind}/{ood}" for kind in ("raw", "ratio", "final_scale") for ood in config_.grey.ood]
-        results[cell.id] = {name: value + seed for name in [*names, "serra/S", "serra/PNG", "spearman", "bpd"]}
+        names += ["serra/S", "serra/PNG", "spearman", "bpd"]
+        results[cell.id] = {name: value_of(cell.id, name) for name in names}
     return results
+
+
+def _plus_seed(value: float) -> Callable[[str, str], float]:
+    """``value`` + the cell's seed, whatever the value's name."""
+    return lambda cell_id, _: value + int(cell_id.rsplit("-", 1)[1])
 
 
 def test_tables_are_the_mean_and_std_over_seeds_beside_the_paper() -> None:
     resolved = dataclasses.replace(TINY, scale="demo", seeds=(1, 4))
-    rows = experiments.tables_table(resolved, _results(resolved, 50.0))
+    rows = experiments.tables_table(resolved, _results(resolved, _plus_seed(50.0)))
     assert all(row.ours == 52.5 and row.spread == 1.5 and row.n == 2 for row in rows)  # std, ddof 0: |4 − 1| / 2
     assert {row.spread_kind for row in rows} == {"std (ddof 0) over seeds"}
     tables = {paper.UNSUPERVISED_TABLE, paper.SUPERVISED_TABLE, paper.GREY_TABLE, paper.SERRA_TABLE}
     assert {row.table for row in rows} == tables
     assert all(row.note == experiments.DEMO_STAND_INS for row in rows if row.table != paper.SERRA_TABLE)
-    local = experiments.local_semantic_table(resolved, _results(resolved, 0.5))
+    local = experiments.local_semantic_table(resolved, _results(resolved, _plus_seed(0.5)))
     assert len(local) == 2 * (3 * 2 + 2 + 3)  # per set: 3 models × 2 pairs, ρ of local and dense, bpd of each
     assert all(row.ours == 3.0 and row.paper_value is None and row.table == paper.LOCAL_SEMANTIC_TABLE for row in local)
     with pytest.raises(KeyError):
         paper.published(paper.UNSUPERVISED_TABLE, "no such row", "cifar10 → svhn")
+
+
+# (table, row) → (finetuned variant, score) as the original's pipeline scores them (reference note §4.1), plus the
+# margin-loss model's raw likelihood, an extra row
+ROW_SOURCES = {
+    (paper.UNSUPERVISED_TABLE, paper.RAW): ("plain", "raw"),
+    (paper.UNSUPERVISED_TABLE, paper.RATIO): ("plain", "ratio"),
+    (paper.UNSUPERVISED_TABLE, paper.RATIO_OUTLIER_LOSS): ("outlier-loss", "ratio"),
+    (paper.UNSUPERVISED_TABLE, paper.FINAL_SCALE): ("plain", "final_scale"),
+    (paper.UNSUPERVISED_TABLE, paper.MARGIN_LOSS): ("margin-loss", "ratio"),
+    (paper.UNSUPERVISED_TABLE, paper.MARGIN_LOSS_RAW): ("margin-loss", "raw"),
+    (paper.SUPERVISED_TABLE, paper.SUPERVISED_RATIO): ("supervised", "ratio"),
+    (paper.GREY_TABLE, paper.RAW): ("plain", "raw"),
+    (paper.GREY_TABLE, paper.RATIO): ("plain", "ratio"),
+    (paper.GREY_TABLE, paper.RATIO_OUTLIER_LOSS): ("outlier-loss", "ratio"),
+    (paper.GREY_TABLE, paper.FINAL_SCALE): ("plain", "final_scale"),
+}
+
+
+def test_each_row_reads_its_variant_and_score() -> None:
+    resolved = dataclasses.replace(TINY, scale="demo")
+    counter = itertools.count()
+    results = _results(resolved, lambda *_: float(next(counter)))  # a different value in every cell
+    rows = [row for row in experiments.tables_table(resolved, results) if row.table != paper.SERRA_TABLE]
+    assert {(row.table, row.row) for row in rows} == set(ROW_SOURCES)
+    for row in rows:
+        variant, kind = ROW_SOURCES[(row.table, row.row)]
+        in_name, ood = row.column.split(" → ")
+        grey = "-grey" if row.table == paper.GREY_TABLE else ""
+        cell = f"invglow/tables/finetune{grey}-{in_name}/{variant}/seed-0"
+        assert row.ours == results[cell][f"AUROC-{kind}/{ood}"], (row.table, row.row, row.column)
+    margin = [row for row in rows if row.row in (paper.MARGIN_LOSS, paper.MARGIN_LOSS_RAW)]
+    assert len(margin) == 2 * 2 * 2  # two rows × 2 sets × 2 OOD sets each
+    assert "raw likelihood" in paper.MARGIN_LOSS_RAW and "ratio to Tiny" in paper.MARGIN_LOSS
+
+
+@pytest.mark.parametrize("scaling", ["per-dimension", "original-code"])
+def test_grey_outlier_loss_is_scaled_by_dimension_or_as_the_original_code(scaling: config.GreyOutlierScaling) -> None:
+    paper_config = dataclasses.replace(config.PAPER, grey_outlier_scaling=scaling)
+    grey = experiments.group_config(paper_config, experiments.GREY)  # what the grey cells finetune with
+    assert grey.glow.channels * grey.glow.image_size**2 == 1 * 32 * 32
+    factor = (1 * 32 * 32) / (3 * 32 * 32) if scaling == "per-dimension" else 1.0  # D_grey / D_rgb, or as the code
+    outlier = experiments.outlier_loss("outlier-loss", grey.finetune)
+    assert outlier is not None and outlier.kind == "class"
+    assert outlier.weight == pytest.approx(6000.0 * factor)  # the original main.py's λ and T
+    assert outlier.temperature == pytest.approx(1000.0 * factor)
+    unscaled = dataclasses.replace(grey.finetune, outlier_weight=6000.0, outlier_temperature=1000.0)
+    assert unscaled == paper_config.finetune == TrainConfig()  # nothing else changes, and RGB keeps λ and T
+
+
+def test_demo_grey_outlier_loss_is_scaled_by_both_resolution_and_channels() -> None:
+    grey = config.grey_config(DEMO)
+    assert grey.finetune.outlier_weight == pytest.approx(6000.0 * (1 * 16 * 16) / (3 * 32 * 32))
+    assert grey.finetune.outlier_temperature == pytest.approx(1000.0 * (1 * 16 * 16) / (3 * 32 * 32))
+
+
+def test_cifar_free_tiny_is_a_paper_scale_switch() -> None:
+    assert not config.PAPER.exclude_cifar_from_tiny  # the manuscript's results kept CIFAR in Tiny
+    with pytest.raises(ValueError, match="exclude_cifar_from_tiny"):
+        dataclasses.replace(DEMO, exclude_cifar_from_tiny=True)
 
 
 def test_configure_applies_seeds_and_epochs_to_every_training() -> None:

@@ -101,3 +101,17 @@ def test_launch_rejects_backends_it_cannot_run(monkeypatch: pytest.MonkeyPatch) 
         launch(train_linear, {}, nproc_per_node=2)
     with pytest.raises(ValueError, match="positive"):
         launch(train_linear, {}, nproc_per_node=0, backend="gloo")
+
+
+def fail_on_rank_1(local_rank: int, config: dict[str, Any]) -> None:
+    """Rank 1 raises; rank 0 returns and waits at the end-of-run barrier."""
+    if idist.get_rank() == 1:
+        raise ValueError("rank 1 found bad data")
+
+
+def test_an_error_on_one_rank_reaches_the_caller_as_that_error_not_an_abort() -> None:
+    # Rank 0 fails too, on the group rank 1 left; whichever ends first, the caller gets rank 1's own error, with its
+    # traceback (not a SIGABRT exit without text, nor rank 0's broken connection).
+    with pytest.raises(ValueError, match=r"^rank 1 found bad data$") as raised:
+        launch(fail_on_rank_1, {}, nproc_per_node=2, backend="gloo")
+    assert "in fail_on_rank_1" in str(raised.value.__cause__)

@@ -166,6 +166,8 @@ def test_data_parallel_cells_run_by_two_gloo_ranks_give_the_serial_table(toy, ca
     [
         (["memae", "--nproc-per-node", "2"], "memae/image_table, memae/conditional trains many small models"),
         (["toy", "--nproc-per-node", "2", "--launcher", "local"], "--nproc-per-node goes with the serial launcher"),
+        (["mchad", "--nproc-per-node", "3"], "mchad/main_table: train.batch_size 32 is the global batch, split over"),
+        (["invglow", "--nproc-per-node", "3"], "invglow/tables: pretrain.batch_size 32 is the global batch"),
         (["toy", "--nproc-per-node", "2", "--backend", "nccl"], "--nproc-per-node 2 --backend nccl: "),
     ],
 )

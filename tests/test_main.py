@@ -13,6 +13,7 @@ import pytest
 
 import folder_locations
 import main
+from common.smoke import TABLE_MARK as SMOKE_MARK
 from tests.helpers import toy_paper
 
 
@@ -41,7 +42,7 @@ def test_running_a_paper_writes_cells_results_and_prints_the_table(toy, capsys):
     (run_dir,) = (toy / "toy" / "table1").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["paper"], config["experiment"]) == ("toy", "table1")
-    assert config["settings"] == {"scale": "demo", "seeds": [0, 1], "epochs": 2}
+    assert config["settings"] == {"scale": "demo", "seeds": [0, 1], "epochs": 2, "smoke": False}
     assert config["config"] == {"seeds": [0, 1], "epochs": 2}
     assert (run_dir / "alpha" / "seed-1" / "result.json").is_file()
     assert [row["ours"] for row in _rows(run_dir)] == [57.0, 67.0]
@@ -56,13 +57,14 @@ def test_running_a_paper_writes_cells_results_and_prints_the_table(toy, capsys):
 def test_list_cells_shows_ids_states_and_needs_and_creates_nothing(toy, capsys):
     assert main.main(["toy", "--list-cells"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "toy/table1/pretrain/seed-0  pending"
-    assert "toy/table1/beta/seed-1  pending  needs toy/table1/pretrain/seed-1" in lines
+    assert lines[0] == "toy/table1/pretrain/seed-0  pending  30 steps, 120 images"
+    assert "toy/table1/beta/seed-1  pending  50 images  needs toy/table1/pretrain/seed-1" in lines
+    assert lines[-1] == "toy/table1: 6 cells, 60 steps, 440 images"  # 2 pretrainings of 3 epochs, 4 evaluations
     assert not toy.exists()
     assert main.main(["toy", "--run-name", "r", "--cells", "toy/table1/alpha/seed-0"]) == 0
     capsys.readouterr()
     assert main.main(["toy", "--run-name", "r", "--list-cells"]) == 0
-    states = dict(line.split("  ")[:2] for line in capsys.readouterr().out.splitlines())
+    states = dict(line.split("  ")[:2] for line in capsys.readouterr().out.splitlines()[:-1])
     assert [cell for cell, state in states.items() if state == "done"] == [
         "toy/table1/pretrain/seed-0",
         "toy/table1/alpha/seed-0",
@@ -121,6 +123,7 @@ def test_resume_restores_the_recorded_options(toy, capsys):
         (["--epochs", "3"], "--epochs 3 conflicts with the run's recorded epochs 2"),
         (["--seeds", "0", "1"], "--seeds 0 1 conflicts with the run's recorded seeds 1"),
         (["--scale", "paper"], "--scale paper conflicts with the run's recorded scale demo"),
+        (["--smoke"], "--smoke conflicts with the run's recorded smoke False"),
         (["table9"], "is a run of toy/table1, not toy/table9; nothing in it was touched"),
     ],
 )
@@ -192,7 +195,10 @@ def test_all_checks_every_paper_before_running_any(toy, monkeypatch, capsys):
 
 def test_list_cells_honours_cells_and_shard_and_checks_a_named_run(toy, capsys):
     assert main.main(["toy", "--list-cells", "--cells", "toy/table1/beta/*", "--run-name", "r", "--shard", "2/2"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["toy/table1/beta/seed-1  pending  needs toy/table1/pretrain/seed-1"]
+    assert capsys.readouterr().out.splitlines() == [
+        "toy/table1/beta/seed-1  pending  50 images  needs toy/table1/pretrain/seed-1",
+        "toy/table1: 1 cell, 50 images",
+    ]
     assert main.main(["toy", "--run-name", "r", "--epochs", "2", "--cells", "toy/table1/pretrain/seed-0"]) == 0
     capsys.readouterr()
     assert main.main(["toy", "--run-name", "r", "--list-cells"]) == 2  # the run has 2 epochs, the listing 3
@@ -220,6 +226,21 @@ def test_report_keeps_runs_of_each_scale_apart(toy, capsys):
     out = capsys.readouterr().out
     for run in ("demo-run", "paper-run"):
         assert f"(run folder: {toy / 'toy/table1' / run})" in out
+
+
+def test_a_smoke_run_is_marked_in_its_config_tables_and_report_and_kept_apart(toy, capsys):
+    assert main.main(["toy", "table1", "--run-name", "full"]) == 0
+    assert main.main(["toy", "table1", "--smoke", "--run-name", "smoke"]) == 0  # newer, but a smoke run
+    smoke_run = toy / "toy/table1/smoke"
+    assert json.loads((smoke_run / "config.json").read_text())["settings"]["smoke"] is True
+    assert all(row["table"].endswith(SMOKE_MARK) for row in _rows(smoke_run))
+    assert not any(row["table"].endswith(SMOKE_MARK) for row in _rows(toy / "toy/table1/full"))
+    capsys.readouterr()
+    assert main.main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert f"(run folder: {toy / 'toy/table1/full'})" in out and f"(run folder: {smoke_run})" in out
+    assert out.count(SMOKE_MARK) == 1
+    assert main.main(["toy", "--resume", str(smoke_run), "--cells", "toy/table1/alpha/*"]) == 0  # stays a smoke run
 
 
 def test_cell_ids_of_every_paper_are_the_same_in_another_process(tmp_path):
@@ -275,3 +296,21 @@ def test_an_output_that_is_a_file_is_one_line(toy, tmp_path, capsys):
     assert main.main(["toy", "--output", str(blocker)]) == 2
     err = capsys.readouterr().err
     assert f"--output {blocker}: cannot make a run folder there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_is_plain_text_and_loads_neither_torch_nor_a_paper():
+    code = (
+        "import contextlib, io, sys\n"
+        "import main\n"
+        "for argv in (['--help'], ['mchad', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "        main.main(argv)\n"
+        "    print(out.getvalue())\n"
+        "print(sorted(name for name in ('torch', 'ignite', 'mchad') if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *text, loaded = done.stdout.strip().splitlines()
+    assert loaded == "[]", "--help must answer without importing torch, Ignite or a paper"
+    help_text = "\n".join(text)
+    assert "python main.py PAPER --list-cells" in help_text and "--smoke" in help_text
+    assert "``" not in help_text and "::" not in help_text  # no reStructuredText markup

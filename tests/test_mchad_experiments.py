@@ -52,12 +52,12 @@ def rows_of(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize(("scale", "count"), [("demo", 8), ("paper", 3 * 7 * 21)])
 def test_cell_ids_are_unique_stable_and_need_only_listed_cells(scale: str, count: int) -> None:
-    listing = main.list_paper_cells("mchad", options=main.RunOptions(scale=scale))
-    assert listing == main.list_paper_cells("mchad", options=main.RunOptions(scale=scale))
-    lines = listing.splitlines()
-    ids = [line.split()[0] for line in lines]
+    listing = main.listed_cells("mchad", options=main.RunOptions(scale=scale))
+    assert listing == main.listed_cells("mchad", options=main.RunOptions(scale=scale))
+    ((_, cells),) = listing
+    ids = [cell.id for cell, _ in cells]
     assert len(ids) == len(set(ids)) == count
-    assert all(line.split()[1:] == ["pending"] for line in lines)  # no cell needs another
+    assert all(state == "pending" and not cell.needs for cell, state in cells)  # no cell needs another
     if scale == "paper":
         assert "mchad/main_table/cifar10/g-mchad/seed-3" in ids and "mchad/main_table/cifar100/ii/seed-21" in ids
     else:

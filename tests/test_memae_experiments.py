@@ -89,18 +89,16 @@ def rows_of(run: Path) -> list[dict]:
 
 
 def test_demo_cells_are_unique_stable_and_need_only_listed_cells():
-    listing = main.list_paper_cells("memae")
-    assert listing == main.list_paper_cells("memae")
-    lines = [line.split("  ") for line in listing.splitlines()]
-    ids = [parts[0] for parts in lines]
-    assert len(ids) == len(set(ids)) == 30 + 68  # 3 variants × 10 classes; 10 + 2·5 + 6 strategies · 2 k · 4 classes
-    needs = {need for parts in lines if len(parts) == 3 for need in parts[2].removeprefix("needs ").split(", ")}
-    assert needs and needs <= set(ids)
-    assert "memae/image_table/MNIST/MemAE-nonSpar/class-7/seed-0  pending" in listing.splitlines()
-    assert (
-        f"{CONDITIONAL}/few-shot/conditional_copy_best_fitting/k-10/class-9/seed-0  pending  needs "
-        f"{CONDITIONAL}/cmemae/group-0-1/seed-0" in listing.splitlines()
-    )
+    listing = main.listed_cells("memae")
+    assert listing == main.listed_cells("memae")
+    cells = {cell.id: cell for _, states in listing for cell, _ in states}
+    assert len(cells) == sum(len(states) for _, states in listing) == 30 + 68  # 3 variants × 10 classes; 10 + 2·5 +
+    # 6 strategies · 2 k · 4 classes
+    needs = {need for cell in cells.values() for need in cell.needs}
+    assert needs and needs <= set(cells)
+    assert "memae/image_table/MNIST/MemAE-nonSpar/class-7/seed-0" in cells
+    few_shot = cells[f"{CONDITIONAL}/few-shot/conditional_copy_best_fitting/k-10/class-9/seed-0"]
+    assert few_shot.needs == (f"{CONDITIONAL}/cmemae/group-0-1/seed-0",)
 
 
 def test_configure_applies_seeds_and_epochs_to_every_training():

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common.cells import Cell, Experiment, Paper, RunContext, Settings
+from common.cells import Cell, Cost, Experiment, Paper, RunContext, Settings
 from common.results import Published, ResultRow, Spread, summary_row
 
 CALLS: list[str] = []
@@ -63,9 +63,10 @@ def _wait_for_hook() -> None:
 
 
 def cells(config: ToyConfig) -> list[Cell]:
-    found = [Cell(f"toy/table1/pretrain/seed-{s}", partial(_pretrain, s)) for s in config.seeds]
+    pretraining = Cost(steps=10 * config.epochs, images=40 * config.epochs)
+    found = [Cell(f"toy/table1/pretrain/seed-{s}", partial(_pretrain, s), cost=pretraining) for s in config.seeds]
     found += [
-        Cell(f"toy/table1/{m}/seed-{s}", partial(_method, m, s), needs=(f"toy/table1/pretrain/seed-{s}",))
+        Cell(f"toy/table1/{m}/seed-{s}", partial(_method, m, s), (f"toy/table1/pretrain/seed-{s}",), Cost(images=50))
         for m in METHODS
         for s in config.seeds
     ]

@@ -1,0 +1,56 @@
+"""Smoke runs (``--smoke``): the configuration as it is, but every training 2 steps and every evaluation ≤ 2 batches.
+
+A smoke run goes through every model, stage, dataset, score and table of a scale in minutes, the convention of
+Lightning's ``fast_dev_run``; its numbers mean nothing. The runner turns the limits on around each cell of a run
+whose settings say ``smoke`` (:func:`smoke_limits`); the engines ask :func:`active` through the helpers here:
+``common.handlers.setup_handlers`` ends a training after :data:`TRAINING_STEPS` steps and the evaluation loaders
+keep :data:`EVALUATION_BATCHES` batches of each set (:func:`evaluation_subset`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from ignite.engine import Engine, Events
+
+TRAINING_STEPS = 2
+EVALUATION_BATCHES = 2
+TABLE_MARK = " [smoke run: numbers mean nothing]"
+"""Appended to the title of every table a smoke run assembles."""
+
+_ACTIVE: ContextVar[bool] = ContextVar("smoke", default=False)
+
+
+@contextmanager
+def smoke_limits(enabled: bool) -> Iterator[None]:
+    """Apply (or, with ``enabled`` False, lift) the smoke limits to the code run inside."""
+    token = _ACTIVE.set(enabled)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active() -> bool:
+    """Whether the code is running inside :func:`smoke_limits` (True)."""
+    return _ACTIVE.get()
+
+
+def limit_training(trainer: Engine) -> None:
+    """In a smoke run, end ``trainer``'s run after :data:`TRAINING_STEPS` steps (its ``COMPLETED`` handlers run)."""
+    if active():
+        enough = Events.ITERATION_COMPLETED(event_filter=lambda _, iteration: iteration >= TRAINING_STEPS)
+        trainer.add_event_handler(enough, Engine.terminate)
+
+
+def evaluation_subset(count: int, batch_size: int) -> torch.Tensor | slice:
+    """The samples of a set of ``count`` to evaluate: all of them, or in a smoke run at most
+    :data:`EVALUATION_BATCHES` batches' worth spread evenly over the set (sets sorted by class keep every class).
+    """
+    limit = EVALUATION_BATCHES * batch_size
+    if not active() or count <= limit:
+        return slice(None)
+    return torch.linspace(0, count - 1, limit).round().long()
