@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,15 @@ from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from common.metrics import OOD_METRIC_KEYS, OODMetrics, _min_count_reaching, is_ood_from_labels, ood_metrics
+from common import metrics
+from common.metrics import (
+    OOD_METRIC_KEYS,
+    OODMetrics,
+    _min_count_reaching,
+    _sort_with_opencv,
+    is_ood_from_labels,
+    ood_metrics,
+)
 
 
 def first_fpr_at_tpr(positive: np.ndarray, scores: np.ndarray, level: float = 0.95) -> float:
@@ -47,9 +57,14 @@ def reference_metrics(scores: np.ndarray, is_ood: np.ndarray) -> dict[str, float
     }
 
 
-def assert_metrics_equal(ours: dict[str, float], expected: dict[str, float], tolerance: float = 1e-12) -> None:
-    assert list(ours) == list(OOD_METRIC_KEYS)
-    for key in OOD_METRIC_KEYS:
+def assert_metrics_equal(
+    ours: dict[str, float],
+    expected: dict[str, float],
+    tolerance: float = 1e-12,
+    keys: Sequence[str] = OOD_METRIC_KEYS,
+) -> None:
+    assert list(ours) == list(keys)
+    for key in keys:
         assert ours[key] == pytest.approx(expected[key], abs=tolerance), key
 
 
@@ -141,6 +156,48 @@ def test_all_equal_scores_are_chance_level() -> None:
     }
     assert_metrics_equal(ours, expected, tolerance=1e-15)
     assert_metrics_equal(ours, reference_metrics(scores, is_ood))
+
+
+TIE_CASES = {
+    # ID scores, OOD scores
+    "ood values are id values": ([0.0, 1.0, 1.0, 2.0, 3.0, 3.0], [1.0, 3.0, 3.0]),
+    "id values are ood values": ([2.0, 2.0, 5.0], [1.0, 2.0, 5.0, 5.0, 7.0]),
+    "highest score tied across classes": ([0.0, 1.0, 4.0], [2.0, 4.0, 4.0]),
+    "lowest score tied across classes": ([-1.0, -1.0, 3.0], [-1.0, 0.5]),
+    "one id sample": ([0.5], [0.1, 0.5, 0.9, 0.9]),
+    "one ood sample": ([0.1, 0.5, 0.9, 0.9], [0.5]),
+    "one sample each, tied": ([1.0], [1.0]),
+    "one sample each, ood above": ([1.0], [2.0]),
+    "one sample each, ood below": ([2.0], [1.0]),
+    "signed zeros tied across classes": ([-0.0, 1.0], [0.0, 0.0, 2.0]),
+}
+
+
+@pytest.mark.parametrize("case", TIE_CASES)
+def test_ties_between_classes_and_one_sample_sets_match_sklearn(case: str) -> None:
+    id_scores, ood_scores = TIE_CASES[case]
+    scores = np.array(id_scores + ood_scores)
+    is_ood = np.arange(scores.size) >= len(id_scores)
+    assert_metrics_equal(ood_metrics(scores, is_ood), reference_metrics(scores, is_ood))
+
+
+@pytest.mark.parametrize("keys", [("AUROC",), ("FPR95TPR", "AUPR-IN"), ("DetectionError", "AUPR-OUT-trapz", "AUROC")])
+def test_keys_asked_for_are_the_keys_returned_in_that_order(keys: tuple[str, ...]) -> None:
+    scores, is_ood = random_case(5, 300, 0.5)
+    everything = ood_metrics(scores, is_ood)
+    assert ood_metrics(scores, is_ood, keys=keys) == {key: everything[key] for key in keys}
+
+
+def test_an_unknown_key_raises_a_clear_value_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown metric key\(s\) \['AUC'\]; the keys are AUROC, AUPR-IN"):
+        ood_metrics([0.1, 0.2], [0, 1], keys=("AUROC", "AUC"))
+
+
+def test_the_caller_arrays_are_left_as_they_were() -> None:
+    scores, is_ood = random_case(6, 200, None)
+    kept = scores.copy()
+    ood_metrics(scores, is_ood)
+    np.testing.assert_array_equal(scores, kept)
 
 
 def test_perfect_separation() -> None:
@@ -262,3 +319,34 @@ def test_ignite_metric_errors() -> None:
         metric.compute()
     with pytest.raises(ValueError, match="non-finite"):
         metric.update((torch.tensor([float("nan")]), torch.tensor([True])))
+
+
+SORT_CASES = {
+    "continuous": np.random.default_rng(0).normal(size=3000),
+    "ties": np.round(np.random.default_rng(1).normal(size=3000), 1),
+    "all equal": np.full(100, 2.5),
+    "one score": np.array([7.0]),
+    "signed zeros": np.array([0.0, -0.0, 1.0, -0.0, -1.0, 0.0]),
+    "descending": np.arange(500.0)[::-1].copy(),
+}
+
+
+@pytest.mark.parametrize("case", SORT_CASES)
+def test_the_opencv_sort_sorts_as_numpy_does(case: str) -> None:
+    values = SORT_CASES[case].copy()
+    _sort_with_opencv(values)
+    np.testing.assert_array_equal(values, np.sort(SORT_CASES[case]))
+
+
+@pytest.mark.parametrize("sort", [np.ndarray.sort, _sort_with_opencv], ids=["numpy", "opencv"])
+def test_either_sort_gives_the_same_metrics(sort, monkeypatch: pytest.MonkeyPatch) -> None:
+    # _faster_sort picks one by timing; whichever it picks, every key is the same to the last bit.
+    cases = [random_case(seed, 400, step) for seed, step in enumerate([None, 0.5, 2.0])]
+    expected = [ood_metrics(*case) for case in cases]
+    monkeypatch.setattr(metrics, "_faster_sort", lambda: sort)
+    assert [ood_metrics(*case) for case in cases] == expected
+    assert_metrics_equal(expected[1], reference_metrics(*cases[1]))
+
+
+def test_the_faster_sort_is_one_of_the_two() -> None:
+    assert metrics._faster_sort() in (np.ndarray.sort, _sort_with_opencv)
