@@ -198,9 +198,12 @@ def log_images(tb_logger: TensorboardLogger | None, tag: str, images: torch.Tens
 
 
 def log_histogram(tb_logger: TensorboardLogger | None, tag: str, values: torch.Tensor, step: int) -> None:
-    """Log the histogram of ``values`` (any shape), e.g. the anomaly scores of a test set."""
-    if tb_logger is not None:
-        tb_logger.writer.add_histogram(tag, values.detach().cpu().double().numpy(), step)
+    """Log the histogram of the finite ``values`` (any shape), e.g. the anomaly scores of a test set; nothing when
+    none is finite (a diverged model's likelihoods: tensorboard cannot bin infinities or NaN)."""
+    values = values.detach().cpu().double().flatten()
+    finite = values[torch.isfinite(values)]
+    if tb_logger is not None and len(finite):
+        tb_logger.writer.add_histogram(tag, finite.numpy(), step)
 
 
 def log_pr_curve(

@@ -8,6 +8,7 @@ transforms of :mod:`common.transforms`, instead of a Python call per sample as i
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -213,6 +214,19 @@ def evaluation_loaders(
             options = {"transform": transform, "device": device, "rank": 0, "world_size": 1}
             loaders.append(TensorBatchLoader(images[start:stop], labels[start:stop], per_rank, **options))
     return loaders
+
+
+class ChainedBatches:
+    """The batches of several loaders one after the other (the evaluation pass over every test case)."""
+
+    def __init__(self, loaders: Sequence[TensorBatchLoader]) -> None:
+        self.loaders = tuple(loaders)
+
+    def __len__(self) -> int:
+        return sum(len(loader) for loader in self.loaders)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return itertools.chain.from_iterable(self.loaders)
 
 
 class PairedLoader:

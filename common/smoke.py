@@ -3,8 +3,9 @@
 A smoke run goes through every model, stage, dataset, score and table of a scale in minutes, the convention of
 Lightning's ``fast_dev_run``; its numbers mean nothing. The runner turns the limits on around each cell of a run
 whose settings say ``smoke`` (:func:`smoke_limits`); the engines ask :func:`active` through the helpers here:
-``common.handlers.setup_handlers`` ends a training after :data:`TRAINING_STEPS` steps and the evaluation loaders
-keep :data:`EVALUATION_BATCHES` batches of each set (:func:`evaluation_subset`).
+``common.handlers.setup_handlers`` ends a training after :data:`TRAINING_STEPS` steps (and a data-dependent
+initialisation reads as many batches, :func:`training_batches`), and the evaluation loaders keep
+:data:`EVALUATION_BATCHES` batches of each set (:func:`evaluation_subset`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def limit_training(trainer: Engine) -> None:
     if active():
         enough = Events.ITERATION_COMPLETED(event_filter=lambda _, iteration: iteration >= TRAINING_STEPS)
         trainer.add_event_handler(enough, Engine.terminate)
+
+
+def training_batches(count: int) -> int:
+    """``count`` batches of training data to read before the steps (a data-dependent initialisation), or in a smoke
+    run at most :data:`TRAINING_STEPS` of them."""
+    return min(count, TRAINING_STEPS) if active() else count
 
 
 def evaluation_subset(count: int, batch_size: int) -> torch.Tensor | slice:

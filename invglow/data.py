@@ -22,6 +22,7 @@ import torch
 import folder_locations
 from common.datasets import ImageSet, dataset_folder, load
 from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES, SUBSET_NAME, read_tiny_subset
+from common.smoke import evaluation_subset
 from common.tiny_builder import CHUNK_SIZE, EXCLUDE_CIFAR_NAME, build_tiny_subset
 from common.transforms import resize
 from invglow.config import InvGlowConfig
@@ -208,11 +209,12 @@ class EvalSets:
     set_ids: torch.Tensor
 
 
-def eval_sets(in_name: str, in_images: torch.Tensor, ood: dict[str, torch.Tensor]) -> EvalSets:
-    """Concatenate ``in_images`` (id 0) with every OOD set except ``in_name`` itself."""
+def eval_sets(in_name: str, in_images: torch.Tensor, ood: dict[str, torch.Tensor], batch_size: int) -> EvalSets:
+    """Concatenate ``in_images`` (id 0) with every OOD set except ``in_name`` itself; in a smoke run, two evaluation
+    batches (of ``batch_size``) of each (``common.smoke``)."""
     others = {name: images for name, images in ood.items() if name != in_name}
     names = (in_name, *others)
-    parts = [in_images, *others.values()]
+    parts = [part[evaluation_subset(len(part), batch_size)] for part in (in_images, *others.values())]
     ids = torch.cat([torch.full((len(part),), index, dtype=torch.int64) for index, part in enumerate(parts)])
     return EvalSets(names, torch.cat(parts), ids)
 
@@ -222,9 +224,10 @@ def ood_test_sets(config: InvGlowConfig, seed: int) -> dict[str, torch.Tensor]:
     return {name: image_set(name, "test", config, seed).images for name in config.data.ood}
 
 
-def evaluation_sets(in_name: str, config: InvGlowConfig, seed: int) -> EvalSets:
-    """The test set of ``in_name`` (id 0) and every other OOD set of ``config``."""
-    return eval_sets(in_name, image_set(in_name, "test", config, seed).images, ood_test_sets(config, seed))
+def evaluation_sets(in_name: str, config: InvGlowConfig, seed: int, batch_size: int) -> EvalSets:
+    """The test set of ``in_name`` (id 0) and every other OOD set of ``config`` (see :func:`eval_sets`)."""
+    in_images = image_set(in_name, "test", config, seed).images
+    return eval_sets(in_name, in_images, ood_test_sets(config, seed), batch_size)
 
 
 def read_every_set(config: InvGlowConfig, seed: int) -> None:

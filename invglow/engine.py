@@ -28,6 +28,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import TensorboardLogger
 from torch import nn
 
+from common import smoke
 from common.data_parallel import MethodCalls, Shards, prepare_model
 from common.datasets import ImageSet
 from common.files import torch_save_atomically
@@ -39,7 +40,7 @@ from common.handlers import (
     setup_handlers,
     training_counts,
 )
-from common.loaders import PairedLoader, TensorBatchLoader, evaluation_loaders
+from common.loaders import ChainedBatches, PairedLoader, TensorBatchLoader, evaluation_loaders
 from common.metrics import CollectTensors
 from common.run import seed_everything
 from common.transforms import BatchPipeline, bin_centres, dequantize, random_crop, random_horizontal_flip
@@ -268,13 +269,15 @@ def create_evaluator(model: Flow, evaluation: EvalSets, base_model: Glow | None 
     return evaluator
 
 
-def eval_loader(evaluation: EvalSets, batch_size: int, device: torch.device) -> TensorBatchLoader:
-    """Batches of ``evaluation``'s images in index order, bin-centred; under several processes this rank's
-    contiguous block of them (``common.loaders.evaluation_loaders``), so that the likelihoods collected from the
-    ranks align with the images."""
-    sets = [(evaluation.images, evaluation.set_ids)]
-    (loader,) = evaluation_loaders(sets, batch_size, transform=eval_transform(), device=device)
-    return loader
+def eval_loader(evaluation: EvalSets, batch_size: int, device: torch.device) -> ChainedBatches:
+    """Batches of ``evaluation``'s images in index order, set after set, bin-centred; under several processes this
+    rank's contiguous block of them (``common.loaders.evaluation_loaders``), so that the likelihoods collected from
+    the ranks align with the images."""
+    sets = [
+        (evaluation.images[chosen], evaluation.set_ids[chosen])
+        for chosen in (evaluation.set_ids == k for k in range(len(evaluation.names)))
+    ]
+    return ChainedBatches(evaluation_loaders(sets, batch_size, transform=eval_transform(), device=device))
 
 
 def attach_score_histograms(
@@ -398,7 +401,8 @@ def _training(
     """
     loader: TensorBatchLoader | PairedLoader = _train_loader(train_set, train, seed, flip, device)
     if base_model is None:
-        batches = [loader.global_batch_at(0, i)[0] for i in range(min(train.init_batches, len(loader)))]
+        count = smoke.training_batches(min(train.init_batches, len(loader)))
+        batches = [loader.global_batch_at(0, i)[0] for i in range(count)]
         initialize_actnorms(model, torch.cat(batches))
     if outlier is not None:
         if outlier_images is None:

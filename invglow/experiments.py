@@ -153,7 +153,7 @@ def _pretrain(group: Group, seed: int, context: RunContext) -> dict[str, float]:
         read_every_set(group_config(context.config, each), seed)
     prepare_tiny(config, context.folder, seed)
     tiny_train, tiny_test = (tiny_images(config, context.folder, seed, split) for split in ("train", "test"))
-    evaluation = eval_sets("tiny", tiny_test, ood_test_sets(config, seed))
+    evaluation = eval_sets("tiny", tiny_test, ood_test_sets(config, seed), config.pretrain.eval_batch_size)
     seed_everything(seed)  # the 1×1 convolutions' random rotations and the coupling nets' weights
     model = build_model(config).to(context.device)
     train_set = ImageSet(tiny_train, torch.full((len(tiny_train),), -1))
@@ -177,7 +177,7 @@ def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunC
     config = group_config(context.config, group)
     pretrained = context.folder_of(pretrain_id(group, seed))
     train_set = image_set(in_name, "train", config, seed)
-    evaluation = evaluation_sets(in_name, config, seed)
+    evaluation = evaluation_sets(in_name, config, seed, config.finetune.eval_batch_size)
     outlier = outlier_loss(variant, config.finetune)
     tiny_train = None if outlier is None else tiny_images(config, pretrained, seed, "train")  # the outlier batches
     model = load_model(build_model(config), pretrained / FINAL_MODEL, context.device)
@@ -224,7 +224,7 @@ def serra_aurocs(evaluation: EvalSets, fine: torch.Tensor, ood_name: str) -> dic
         "serra/S": serra_scores(fine[chosen], evaluation.images[chosen]).values,
         "serra/PNG": png_bits_per_dim(evaluation.images[chosen]),
     }
-    return {name: auroc_percent(values[~is_ood], values[is_ood])["AUROC"] for name, values in scores.items()}
+    return {name: auroc_percent(values[~is_ood], {name: values[is_ood]})[name] for name, values in scores.items()}
 
 
 def tables_cells(config: InvGlowConfig) -> list[Cell]:
@@ -313,7 +313,7 @@ def _from_scratch(kind: ModelKind, in_name: str, seed: int, context: RunContext)
     the Spearman ρ of its log-likelihoods with the full Glow's."""
     config = context.config
     train_set = image_set(in_name, "train", config, seed)
-    evaluation = evaluation_sets(in_name, config, seed)
+    evaluation = evaluation_sets(in_name, config, seed, config.local_semantic.train.eval_batch_size)
     seed_everything(seed)  # the model's initial weights (rotations, coupling nets) depend on the seed only
     model = build_model(config, kind).to(context.device)
     metrics = fit(

@@ -17,13 +17,14 @@ Non-finite log-densities are counted, warned about and scored as the most anomal
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
-from common.metrics import ood_metrics
+from common.metrics import ood_metrics_per_set
 from invglow.losses import bits_per_dim
 
 ScoreKind = Literal["raw", "ratio", "final_scale"]
@@ -117,11 +118,11 @@ def serra_scores(fine: torch.Tensor, images: torch.Tensor, as_original: bool = F
     return Scores(scores.values - png_bits_per_dim(images, as_original), scores.non_finite)
 
 
-def auroc_percent(in_distribution: np.ndarray, ood: np.ndarray) -> dict[str, float]:
-    """``common.metrics.ood_metrics`` of in-distribution vs OOD outlier scores, in percent (as the paper prints)."""
-    scores = np.concatenate([in_distribution, ood])
-    is_ood = np.concatenate([np.zeros(len(in_distribution), bool), np.ones(len(ood), bool)])
-    return {key: 100.0 * value for key, value in ood_metrics(scores, is_ood).items()}
+def auroc_percent(in_distribution: np.ndarray, ood_sets: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The AUROC (%, as the paper prints) of in-distribution vs each OOD set's outlier scores, by set name; the
+    in-distribution scores are sorted once for all sets (``common.metrics.ood_metrics_per_set``)."""
+    per_set = ood_metrics_per_set(in_distribution, ood_sets, keys=("AUROC",))
+    return {name: 100.0 * metrics["AUROC"] for name, metrics in per_set.items()}
 
 
 def evaluate_sets(
@@ -169,8 +170,9 @@ def evaluate_sets(
         mask = ids == index
         finite = bpd[mask][np.isfinite(bpd[mask])]
         results[f"bpd/{name}"] = float(finite.mean()) if finite.size else float("nan")
-        if index == 0 or not mask.any():
-            continue
-        for kind, scores in all_scores.items():
-            results[f"AUROC-{kind}/{name}"] = auroc_percent(scores.values[ids == 0], scores.values[mask])["AUROC"]
+    present = [(index, name) for index, name in enumerate(set_names) if index > 0 and (ids == index).any()]
+    for kind, scores in all_scores.items():
+        ood = {name: scores.values[ids == index] for index, name in present}
+        aurocs = auroc_percent(scores.values[ids == 0], ood)
+        results |= {f"AUROC-{kind}/{name}": value for name, value in aurocs.items()}
     return results

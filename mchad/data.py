@@ -20,7 +20,7 @@ generated noise and the seeded outlier split are not kept. The images are the sa
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 
 from common.datasets import ImageSet, load
-from common.loaders import Batch, PairedLoader, TensorBatchLoader, evaluation_loaders
+from common.loaders import ChainedBatches, PairedLoader, TensorBatchLoader, evaluation_loaders
 from common.transforms import BatchPipeline, normalize, random_crop, random_horizontal_flip, resize, to_float
 from mchad.config import HELD_OUT_DIGITS, DatasetConfig, TrainConfig
 
@@ -62,19 +62,6 @@ class LimitedLoader:
     def __iter__(self) -> Iterator:
         remaining, self._skip = len(self) - self._skip, 0
         return itertools.islice(iter(self.loader), remaining)
-
-
-class ChainedBatches:
-    """The batches of several loaders one after the other (the evaluation pass over every test case)."""
-
-    def __init__(self, loaders: Sequence[TensorBatchLoader]) -> None:
-        self.loaders = tuple(loaders)
-
-    def __len__(self) -> int:
-        return sum(len(loader) for loader in self.loaders)
-
-    def __iter__(self) -> Iterator[Batch]:
-        return itertools.chain.from_iterable(self.loaders)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.exceptions import NotComputableError
 from ignite.handlers import CosineAnnealingScheduler, TensorboardLogger
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
@@ -32,7 +33,7 @@ from torch.optim import Adam
 
 from common.data_parallel import MethodCalls, Shards, global_batch_rows, prepare_model
 from common.handlers import finite_step, log_histogram, log_pr_curve, setup_handlers, training_counts
-from common.metrics import CollectTensors, OODMetrics
+from common.metrics import CollectTensors, gather_rows, ood_metrics_per_set
 from common.run import seed_everything
 from mchad.config import DatasetConfig, MethodConfig, TrainConfig
 from mchad.data import ImageCache, build_run_data
@@ -229,32 +230,32 @@ class CenterDistance(Metric):
 class PerSetOODMetrics(Metric):
     """``common.metrics`` OOD metrics of every test case ID ∪ OOD set k, from ``(scores, labels)`` batches.
 
-    Labels ≥ 0 are ID test samples, label −(k + 1) marks OOD set k. ``compute`` returns
-    ``{set name: {metric: value}}`` (attach with ``metrics_result_mode="named"``: tensorboard then shows
+    Labels ≥ 0 are ID test samples, label −(k + 1) marks OOD set k. ``compute`` gathers every rank's samples, sorts
+    the ID scores once for all sets (``common.metrics.ood_metrics_per_set``) and returns ``{set name: {metric:
+    value}}`` (attach with ``metrics_result_mode="named"``: tensorboard then shows
     ``<evaluator>/<metric name>/<set>/<metric>``).
     """
 
     def __init__(self, set_names: Sequence[str], output_transform: Callable[[Any], Any] = lambda x: x) -> None:
         self.set_names = tuple(set_names)
-        self._per_set = [OODMetrics() for _ in self.set_names]
+        self._batches: list[torch.Tensor] = []
         super().__init__(output_transform, metrics_result_mode="named")
 
     @reinit__is_reduced
     def reset(self) -> None:
-        for metric in self._per_set:
-            metric.reset()
+        self._batches = []
 
     @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        scores, labels = output
-        known = labels >= 0
-        for k, metric in enumerate(self._per_set):
-            rows = known | (labels == -(k + 1))
-            if rows.any():
-                metric.update((scores[rows], ~known[rows]))
+        scores, labels = (value.detach().to("cpu", torch.float64) for value in output)
+        self._batches.append(torch.stack([scores, labels], dim=1))
 
     def compute(self) -> dict[str, dict[str, float]]:
-        return {name: metric.compute() for name, metric in zip(self.set_names, self._per_set, strict=True)}
+        scores, labels = gather_rows(self._batches, 2).numpy().T
+        if not (labels >= 0).any():
+            raise NotComputableError("PerSetOODMetrics needs in-distribution samples (labels >= 0)")
+        ood = {name: scores[labels == -(k + 1)] for k, name in enumerate(self.set_names)}
+        return ood_metrics_per_set(scores[labels >= 0], ood)
 
 
 def create_evaluator(model: CenterNet, method: MethodConfig, ood_names: Sequence[str]) -> Engine:

@@ -46,7 +46,7 @@ def glow_stages(folder: Path) -> dict[str, Any]:
     """A tiny Glow trained from scratch, then finetuned from it with the 'class' outlier loss: weights, metrics."""
     images = torch.randint(0, 256, (96, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     train_set, outliers = ImageSet(images[:64], torch.zeros(64, dtype=torch.int64)), images[64:]
-    evaluation = eval_sets("a", images[:24], {"b": images[64:], "c": images[24:40]})
+    evaluation = eval_sets("a", images[:24], {"b": images[64:], "c": images[24:40]}, batch_size=8)
     options = {"seed": 3, "flip": True, "device": idist.device(), "progress": False}
     torch.manual_seed(0)
     base = Glow((3, 8, 8), n_scales=2, steps=1, hidden=8).to(idist.device())

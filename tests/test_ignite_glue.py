@@ -336,8 +336,9 @@ def test_log_images_writes_the_grid_as_a_png(tmp_path: Path, channels: int) -> N
 
 def test_log_histogram_and_pr_curve(tmp_path: Path) -> None:
     tb_logger = setup_tensorboard(tmp_path, Engine(lambda e, b: 0.0))
-    values = torch.tensor([3.0, -1.0, 0.5, 8.0])
-    log_histogram(tb_logger, "scores", values, step=1)
+    values = torch.tensor([3.0, -1.0, float("nan"), 0.5, float("inf"), 8.0])
+    log_histogram(tb_logger, "scores", values, step=1)  # the finite values
+    log_histogram(tb_logger, "diverged", torch.tensor([float("nan"), -float("inf")]), step=1)  # nothing
     # Scores 2s - 3 for s in 0..10: after min-max scaling, tensorboard's 11 thresholds sit at s = 0, 1, ..., 10.
     s = torch.tensor([0.0, 2.5, 4.5, 7.5, 10.0, 2.5, 5.5, 1.5])
     anomalous = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0])
@@ -347,6 +348,7 @@ def test_log_histogram_and_pr_curve(tmp_path: Path) -> None:
 
     histogram = logged["scores"][1].histo
     assert (histogram.min, histogram.max, histogram.num, histogram.sum) == (-1.0, 8.0, 4, 10.5)
+    assert "diverged" not in logged
     curve = np.array(logged["pr"][2].tensor.float_val).reshape(6, 11)
     thresholds = np.arange(11)[:, None]
     flagged = s.numpy()[None, :] >= thresholds

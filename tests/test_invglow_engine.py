@@ -152,7 +152,7 @@ def test_class_outlier_loss_needs_the_tiny_model() -> None:
 def test_evaluator_aligns_likelihoods_with_images_and_scores_them() -> None:
     model, base = _model(0), _model(1)
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
-    evaluation = eval_sets("in", images[:25], {"out": images[25:]})
+    evaluation = eval_sets("in", images[:25], {"out": images[25:]}, batch_size=8)
     evaluator = create_evaluator(model, evaluation, base)
     evaluator.run(eval_loader(evaluation, 16, torch.device("cpu")))
     likelihoods = evaluator.state.metrics[LIKELIHOODS]
@@ -161,7 +161,7 @@ def test_evaluator_aligns_likelihoods_with_images_and_scores_them() -> None:
         assert torch.allclose(fine, model(bin_centres(images))[1], atol=1e-4)
         assert torch.allclose(base_lp, base(bin_centres(images))[1], atol=1e-4)
     ratio = anomaly_scores("ratio", fine, base_lp).values
-    expected = auroc_percent(ratio[:25], ratio[25:])["AUROC"]
+    expected = auroc_percent(ratio[:25], {"out": ratio[25:]})["out"]
     assert evaluator.state.metrics["AUROC-ratio/out"] == pytest.approx(expected)
     assert {"bpd/in", "bpd/out", "AUROC-raw/out", "AUROC-final_scale/out", "non_finite"} <= set(evaluator.state.metrics)
     alone = create_evaluator(model, evaluation)  # without the Tiny model: no ratio
@@ -178,7 +178,7 @@ def _fit(folder: Path, epochs: int) -> tuple[Glow, dict]:
     torch.manual_seed(0)
     model = Glow((3, 8, 8), n_scales=2, steps=1, hidden=8)
     train = dataclasses.replace(_FIT, epochs=epochs)
-    evaluation = eval_sets("a", images[:16], {"b": images[16:32]})
+    evaluation = eval_sets("a", images[:16], {"b": images[16:32]}, batch_size=8)
     options = {"seed": 3, "flip": True, "device": torch.device("cpu"), "progress": False}
     metrics = fit(model, ImageSet(images, torch.zeros(64, dtype=torch.int64)), evaluation, train, folder, **options)
     return model, metrics

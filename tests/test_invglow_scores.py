@@ -57,11 +57,11 @@ def test_score_signs_higher_means_more_anomalous() -> None:
     ratio_in = anomaly_scores("ratio", fine_in, base_in).values
     ratio_out = anomaly_scores("ratio", fine_out, base_out).values
     assert np.allclose(ratio_in, [-15.0, -15.0]) and np.allclose(ratio_out, [15.0, 15.0])  # 5 nats × 3 scales
-    assert auroc_percent(ratio_in, ratio_out)["AUROC"] == 100.0
+    assert auroc_percent(ratio_in, {"out": ratio_out}) == {"out": 100.0}
     assert np.allclose(anomaly_scores("raw", fine_in).values, [160.0, 162.0])
     final_in, final_out = (anomaly_scores("final_scale", lp).values for lp in (fine_in, fine_out))
     assert np.allclose(final_in, [10.0, 12.0])
-    assert auroc_percent(final_in, final_out)["AUROC"] == 100.0
+    assert auroc_percent(final_in, {"out": final_out}) == {"out": 100.0}
 
 
 def test_non_finite_likelihoods_are_counted_warned_and_most_anomalous() -> None:

@@ -12,6 +12,7 @@ import main
 from common import smoke
 from common.handlers import setup_handlers
 from common.loaders import TensorBatchLoader, evaluation_loaders
+from invglow.data import eval_sets
 
 
 def _training(tmp_path, epochs: int = 3) -> tuple[Engine, list[int], TensorBatchLoader]:
@@ -44,6 +45,13 @@ def test_the_limits_hold_only_inside_the_context():
     assert not smoke.active()
 
 
+def test_a_smoke_initialisation_reads_as_many_batches_as_the_training_steps():
+    assert smoke.training_batches(11) == 11
+    with smoke.smoke_limits(True):
+        assert smoke.training_batches(11) == smoke.TRAINING_STEPS
+        assert smoke.training_batches(1) == 1
+
+
 def test_an_evaluation_subset_is_two_batches_spread_over_the_set():
     assert smoke.evaluation_subset(100, 8) == slice(None)
     with smoke.smoke_limits(True):
@@ -70,3 +78,13 @@ def test_a_smoke_run_of_a_real_paper_trains_two_steps_per_cell(tmp_path, monkeyp
     result = json.loads((tmp_path / "mchad/main_table/s/digits-0-5/softmax/seed-0/result.json").read_text())
     assert result["values"]["steps"] == smoke.TRAINING_STEPS
     assert 0 <= result["values"]["accuracy"] <= 100
+
+
+def test_invglow_evaluation_sets_keep_two_batches_of_each_set_with_their_ids():
+    images = torch.arange(50, dtype=torch.uint8).reshape(50, 1, 1, 1)
+    with smoke.smoke_limits(True):
+        evaluation = eval_sets("a", images[:30], {"b": images[30:], "a": images[:1]}, batch_size=4)
+    assert evaluation.names == ("a", "b")
+    assert evaluation.set_ids.tolist() == [0] * 8 + [1] * 8
+    assert evaluation.images[:8].flatten().tolist() == [0, 4, 8, 12, 17, 21, 25, 29]  # spread over set a
+    assert evaluation.images[8:].flatten().min() >= 30
