@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -31,14 +30,7 @@ from memae.memory import ConditionalMemory, MemoryModule
 from memae.models import build_model
 from memae.scores import anomaly_scores
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny networks: one intra-op thread is as fast and does not stall on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def labelled_images(counts: dict[int, int], size: int = 16, seed: int = 0) -> ImageSet:
