@@ -119,12 +119,13 @@ def category_features(
 def augmented_features(
     config: GaussianADConfig, arch: str, category: str, device: torch.device, progress: bool
 ) -> dict[str, Any]:
-    """``{"augmented"}``: per level (passes, N_train, C_l) features of ``config.augment_passes`` augmented passes.
+    """``{"augmented"}``: per level (passes, N_train, C_l) features of ``config.augment_passes`` augmented passes (two
+    in a smoke run).
 
     Each pass augments every training image once (note §1.10); image i of pass p is drawn from the generators of
     (``fold_seed``, p, i) (:func:`gaussian_ad.augment.random_state`).
     """
-    passes = config.augment_passes
+    passes = smoke.training_batches(config.augment_passes)  # a smoke run: two passes
     key = _key(config, arch, category, augmented=True)
     if key not in _FEATURES:
         train = _read(config, arch, category, "train")  # data first
