@@ -28,6 +28,7 @@ from typing import Any
 
 import cv2
 import ignite.distributed as idist
+import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
@@ -197,13 +198,29 @@ def log_images(tb_logger: TensorboardLogger | None, tag: str, images: torch.Tens
     tb_logger.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
-def log_histogram(tb_logger: TensorboardLogger | None, tag: str, values: torch.Tensor, step: int) -> None:
-    """Log the histogram of the finite ``values`` (any shape), e.g. the anomaly scores of a test set; nothing when
-    none is finite (a diverged model's likelihoods: tensorboard cannot bin infinities or NaN)."""
+def log_histogram(
+    tb_logger: TensorboardLogger | None, tag: str, values: torch.Tensor, step: int, bins: int = 64
+) -> None:
+    """Log the histogram of the finite ``values`` (any shape), e.g. the anomaly scores of a test set, in ``bins``
+    equal bins from their minimum to their maximum; nothing when none is finite (a diverged model's likelihoods:
+    tensorboard cannot bin infinities or NaN).
+
+    The bins are computed here: tensorboardX's own binning fails on finite values of large magnitude (its bin
+    edges overflow for |x| ≳ 1e20, "The histogram is empty"), which an early Glow's log-likelihoods reach.
+    """
     values = values.detach().cpu().double().flatten()
-    finite = values[torch.isfinite(values)]
-    if tb_logger is not None and len(finite):
-        tb_logger.writer.add_histogram(tag, finite.numpy(), step)
+    finite = values[torch.isfinite(values)].numpy()
+    if tb_logger is None or not len(finite):
+        return
+    low, high = float(finite.min()), float(finite.max())
+    scale = max(abs(low), abs(high)) or 1.0  # bin x / scale in [-1, 1], where the edges cannot overflow
+    span = (low / scale, high / scale) if high > low else (low / scale - 0.5, low / scale + 0.5)
+    counts, edges = np.histogram(finite / scale, bins=bins if high > low else 1, range=span)
+    with np.errstate(over="ignore"):
+        sums = float(finite.sum()), float(np.square(finite).sum())
+    tag = re.sub(r"[^-/\w.]", "_", tag).lstrip("/")  # as tensorboardX's add_histogram names it ("ID test": ID_test)
+    edges = (edges[1:] * scale).tolist()
+    tb_logger.writer.add_histogram_raw(tag, low, high, len(finite), *sums, edges, counts.tolist(), global_step=step)
 
 
 def log_pr_curve(

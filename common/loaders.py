@@ -16,7 +16,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
-from common.smoke import evaluation_subset
+from common.smoke import capped_batch_size, evaluation_subset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -50,7 +50,8 @@ class TensorBatchLoader:
     Args:
         images: (N, ...) CPU tensor, usually uint8 (N, C, H, W); may be memory-mapped.
         labels: (N,) CPU labels, aligned with ``images``.
-        batch_size: samples per batch over all ranks; a multiple of the number of ranks.
+        batch_size: samples per batch over all ranks; a multiple of the number of ranks (a smoke run caps it,
+            :func:`common.smoke.capped_batch_size`).
         shuffle: draw a new permutation every epoch; otherwise visit samples in index order.
         drop_last: drop the last incomplete batch.
         transform: batch transform applied to the images on ``device`` (labels are left as they are).
@@ -93,7 +94,7 @@ class TensorBatchLoader:
             raise ValueError(f"rank: expected 0 <= rank < world_size = {self.world_size}, got {self.rank}")
         self.images = images
         self.labels = labels
-        self.batch_size = batch_size
+        self.batch_size = capped_batch_size(batch_size, self.world_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.transform = transform
@@ -102,7 +103,7 @@ class TensorBatchLoader:
         self.epoch = 0
         self._skip = 0
         self._cached_order: tuple[int, torch.Tensor] | None = None
-        self.num_batches = batch_count(len(images), batch_size, drop_last)
+        self.num_batches = batch_count(len(images), self.batch_size, drop_last)
         if self.num_batches == 0:
             raise ValueError(
                 f"batch_size: {batch_size} exceeds the {len(images)} samples and drop_last is set, so there would "

@@ -334,6 +334,16 @@ def test_log_images_writes_the_grid_as_a_png(tmp_path: Path, channels: int) -> N
     assert np.array_equal(decoded, expected)
 
 
+@pytest.mark.parametrize("values", [[1e300, -1e300], [1e20, 1e20], [5.0, 5.0], [1.7e308, -1.7e308, 0.0]])
+def test_log_histogram_bins_values_of_any_finite_magnitude(tmp_path: Path, values: list[float]) -> None:
+    tb_logger = setup_tensorboard(tmp_path, Engine(lambda e, b: 0.0))
+    log_histogram(tb_logger, "scores", torch.tensor(values, dtype=torch.float64), step=0)
+    tb_logger.close()
+    histogram = summaries(tmp_path)["scores"][0].histo
+    assert (histogram.min, histogram.max, histogram.num) == (min(values), max(values), len(values))
+    assert sum(histogram.bucket) == len(values)
+
+
 def test_log_histogram_and_pr_curve(tmp_path: Path) -> None:
     tb_logger = setup_tensorboard(tmp_path, Engine(lambda e, b: 0.0))
     values = torch.tensor([3.0, -1.0, float("nan"), 0.5, float("inf"), 8.0])
@@ -348,6 +358,10 @@ def test_log_histogram_and_pr_curve(tmp_path: Path) -> None:
 
     histogram = logged["scores"][1].histo
     assert (histogram.min, histogram.max, histogram.num, histogram.sum) == (-1.0, 8.0, 4, 10.5)
+    assert histogram.sum_squares == 1 + 9 + 0.25 + 64
+    counts, edges = np.histogram([3.0, -1.0, 0.5, 8.0], bins=64)
+    assert list(histogram.bucket) == counts.tolist()
+    assert np.allclose(histogram.bucket_limit, edges[1:])
     assert "diverged" not in logged
     curve = np.array(logged["pr"][2].tensor.float_val).reshape(6, 11)
     thresholds = np.arange(11)[:, None]

@@ -61,6 +61,26 @@ def test_an_evaluation_subset_is_two_batches_spread_over_the_set():
         assert torch.all(subset.diff() >= 6)  # evenly spread: 99 / 15 = 6.6 apart
 
 
+def test_a_smoke_batch_holds_at_most_eight_images_and_a_share_for_every_process():
+    assert smoke.capped_batch_size(512) == 512
+    with smoke.smoke_limits(True):
+        assert [smoke.capped_batch_size(size) for size in (1, 5, 8, 64, 512)] == [1, 5, 8, 8, 8]
+        assert [smoke.capped_batch_size(64, world) for world in (2, 3, 16)] == [8, 6, 16]
+        subset = smoke.evaluation_subset(1000, 512)  # two batches of the capped size
+        assert len(subset) == 2 * smoke.BATCH_IMAGES
+
+
+def test_a_smoke_loader_delivers_capped_batches_and_its_ranks_split_them():
+    images, labels = torch.arange(100.0).reshape(100, 1), torch.zeros(100)
+    with smoke.smoke_limits(True):
+        loader = TensorBatchLoader(images, labels, 64, shuffle=True, drop_last=True)
+        ranks = [TensorBatchLoader(images, labels, 64, drop_last=True, rank=r, world_size=2) for r in (0, 1)]
+    assert len(loader) == 100 // smoke.BATCH_IMAGES
+    assert {len(batch) for batch, _ in loader} == {smoke.BATCH_IMAGES}
+    first = torch.cat([next(iter(rank))[0] for rank in ranks])
+    assert first.flatten().tolist() == list(range(smoke.BATCH_IMAGES))
+
+
 def test_smoke_evaluation_loaders_keep_two_batches_of_every_set():
     sets = [(torch.arange(50.0).reshape(50, 1), torch.zeros(50)), (torch.arange(30.0).reshape(30, 1), -torch.ones(30))]
     with smoke.smoke_limits(True):
