@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
@@ -21,11 +20,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import folder_locations
 from common.cells import SCALES, Cell, Cost, Paper, RunContext, Settings
 from common.errors import DataError, UsageError
-from common.results import ResultRow, render_markdown
+from common.report_formats import FORMATS, Table, tables, to_markdown
+from common.results import ResultRow
 from common.slurm import SlurmOptions
 
 if TYPE_CHECKING:  # the papers, torch and Ignite load when a command runs, so that `--help` answers at once
-    from common.runner import Plan
+    from common.runner import Plan, RecordedRun
 
 
 HELP = """\
@@ -35,8 +35,9 @@ commands:
   python main.py                          every paper, demo scale, tables printed
   python main.py PAPER [EXPERIMENT ...]   one paper (all or some experiments); --scale, --seeds, --epochs, ...
   python main.py PAPER --list-cells       the cells of its tables, their state, cost and what each needs
+  python main.py PAPER --show-config      its resolved configuration (YAML); --set KEY=VALUE overrides any of it
   python main.py list                     papers, experiments, scales and datasets
-  python main.py report [--runs DIR]      tables assembled from the cell results under DIR
+  python main.py report [--runs DIR]      tables assembled from the cell results under DIR; --format md|csv|latex|json
   python main.py download DATASET ...     fetch datasets whose owners allow a download
 
 Every table is a set of cells (one training and/or evaluation each) that run in any order, in any number of
@@ -83,7 +84,8 @@ class RunOptions:
 
     ``scale``, ``seeds``, ``epochs`` and ``smoke`` left at None take the experiment's defaults (demo scale, no
     smoke) in a new run, and the run's recorded values with ``resume``; given with ``resume``, they must equal the
-    recorded ones.
+    recorded ones. ``overrides`` (``--set``) are ``KEY=VALUE`` items applied to each chosen experiment's
+    configuration (:mod:`common.overrides`); empty with ``resume``, the recorded ones apply.
     ``cells`` are shell-style patterns on cell ids, ``shard`` is "I/N"; ``run_name`` names the run folder
     ``<output>/<paper>/<experiment>/<run_name>`` (new or existing), so several processes can share it.
     ``launcher`` runs the cells one after another here ("serial"), in ``max_parallel`` local processes ("local";
@@ -108,6 +110,7 @@ class RunOptions:
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     nproc_per_node: int | None = None
     backend: str | None = None
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("resume", "output"):  # the Python API may pass text
@@ -115,18 +118,26 @@ class RunOptions:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.seeds is not None:
             object.__setattr__(self, "seeds", tuple(self.seeds))
-        object.__setattr__(self, "cells", (self.cells,) if isinstance(self.cells, str) else tuple(self.cells))
+        for name in ("cells", "overrides"):  # one pattern or override may be given as text
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
     def settings(self) -> Settings:
         """The settings of a new run."""
         try:
-            return Settings(self.scale or "demo", self.seeds, self.epochs, bool(self.smoke))
+            return Settings(self.scale or "demo", self.seeds, self.epochs, bool(self.smoke), self.overrides)
         except ValueError as error:
             raise UsageError(str(error)) from None
 
     def given_settings(self) -> dict[str, object]:
         """The settings given explicitly (None: not given), to check against a resumed run's."""
-        return {"scale": self.scale, "seeds": self.seeds, "epochs": self.epochs, "smoke": self.smoke}
+        return {
+            "scale": self.scale,
+            "seeds": self.seeds,
+            "epochs": self.epochs,
+            "smoke": self.smoke,
+            "overrides": self.overrides or None,
+        }
 
 
 @dataclass(frozen=True)
@@ -193,8 +204,7 @@ def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
 
     from common import launchers, runner
 
-    if options.launcher not in LAUNCHERS:
-        raise UsageError(f"--launcher {options.launcher}: expected one of {', '.join(LAUNCHERS)}")
+    _check_launcher(job, options)
     group = _process_group(job, options)
     if group is not None:
         return _run_data_parallel(job, options, *group)
@@ -230,6 +240,32 @@ def run_job(job: Job, options: RunOptions) -> list[ResultRow]:
         if idist.get_rank() == 0:
             rows += _print_outcome(batch.plan, batch.run_dir, outcome.rows, len(outcome.running_elsewhere))
     return rows
+
+
+def _check_launcher(job: Job, options: RunOptions) -> None:
+    """Refuse launcher options that cannot work, before any run folder is made.
+
+    Raises:
+        UsageError: an unknown launcher, a number of local processes below 1, Slurm's tools not on PATH, or
+            several GPUs per Slurm job for an experiment that trains many small models.
+    """
+    from common import launchers
+
+    if options.launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher {options.launcher}: expected one of {', '.join(LAUNCHERS)}")
+    if options.launcher == "local" and options.max_parallel is not None and options.max_parallel < 1:
+        raise UsageError(f"--max-parallel {options.max_parallel}: expected a positive number of processes")
+    if options.launcher != "slurm":
+        return
+    launchers.require_slurm()
+    gpus = options.slurm.gpus_per_cell
+    chosen = [p for p, cells in zip(job.plans, job.selections, strict=True) if cells]
+    single = [f"{p.paper.name}/{p.experiment.name}" for p in chosen if not p.experiment.data_parallel]
+    if gpus > 1 and single:
+        raise UsageError(
+            f"--gpus-per-cell {gpus}: {single[0]} trains many small models, one GPU each; several GPUs per cell are "
+            "for invglow and mchad"
+        )
 
 
 def _process_group(job: Job, options: RunOptions) -> tuple[int | None, str] | None:
@@ -296,13 +332,8 @@ def _data_parallel_worker(local_rank: int, payload: tuple[str, tuple[str, ...], 
 def _submit(batch, slurm: SlurmOptions) -> None:
     from common import launchers
 
-    folder, experiment = batch.run_dir / "slurm", batch.plan.experiment
-    if slurm.gpus_per_cell > 1:  # one cell's training spread over the job's GPUs
-        if not experiment.data_parallel:
-            raise UsageError(
-                f"--gpus-per-cell {slurm.gpus_per_cell}: {batch.plan.paper.name}/{experiment.name} trains many small "
-                "models, one GPU each; several GPUs per cell are for invglow and mchad"
-            )
+    folder = batch.run_dir / "slurm"
+    if slurm.gpus_per_cell > 1:  # one cell's training spread over the job's GPUs (checked by _check_launcher)
         slurm = replace(slurm, extra_arguments=("--nproc-per-node", str(slurm.gpus_per_cell), "--backend", "nccl"))
     submitted = launchers.submit_slurm([batch], slurm, folder, print)
     if not submitted:
@@ -322,7 +353,28 @@ def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | 
     Rows are returned for every experiment whose cells are all finished after this call.
     """
     options = options or RunOptions()
-    return run_job(prepare(name, experiments, options), options)
+    job = prepare(name, experiments, options)
+    check_data([job])
+    return run_job(job, options)
+
+
+def check_data(jobs: Sequence[Job]) -> None:
+    """Check that the files the cells about to run read are in place, before anything runs or is written.
+
+    The cells about to run are the chosen ones and the unfinished cells they need; each experiment says what
+    they read (``Experiment.data``).
+
+    Raises:
+        MissingFilesError: one error listing every missing file of every job, with where it goes and how to get it.
+    """
+    from common import preflight, runner
+
+    needs = []
+    for job in jobs:
+        for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True):
+            to_run = [cell.id for cell in runner.unfinished_cells(run_plan, cells, folder)]
+            needs += preflight.for_cells(run_plan.experiment.data(run_plan.config), to_run)
+    preflight.check(needs)
 
 
 def _experiment(paper: Paper, name: str):
@@ -357,7 +409,7 @@ def _print_outcome(run_plan, run_dir: Path, rows: list[ResultRow] | None, elsewh
     from common import runner
 
     if rows is not None:
-        print(render_markdown(rows), flush=True)
+        print(to_markdown(tables(rows, str(run_dir), runner.read_recorded_run(run_dir).saved)), flush=True)
         print(f"\n(results, tensorboard logs and checkpoints in {run_dir})\n", flush=True)
         return rows
     left = runner.pending(run_plan, run_dir)
@@ -405,6 +457,18 @@ def list_paper_cells(name: str, experiments: Sequence[str] = (), options: RunOpt
     return "\n".join(lines)
 
 
+def show_configs(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> str:
+    """``--show-config``: the resolved configuration (``--set`` applied) of each chosen experiment as YAML, headed
+    by ``paper/experiment (scale S):``. Nothing is created or run."""
+    from common.overrides import show_config
+
+    blocks = [
+        f"{p.paper.name}/{p.experiment.name} (scale {p.settings.scale}):\n{show_config(p.config)}"
+        for p in prepare(name, experiments, options).plans
+    ]
+    return "\n".join(blocks).rstrip("\n")
+
+
 def invglow(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]:
     """Reproduce Schirrmeister et al. 2020 (InvGlow); ``options`` are :class:`RunOptions` fields."""
     return run_paper("invglow", experiments, RunOptions(**options))
@@ -425,52 +489,82 @@ def memae(experiments: Sequence[str] = (), **options: object) -> list[ResultRow]
     return run_paper("memae", experiments, RunOptions(**options))
 
 
-def report(runs: Path | None = None, paper: str | None = None) -> str:
-    """Markdown tables assembled from the cell results of the newest run of each experiment and scale under ``runs``.
+def report(runs: Path | None = None, paper: str | None = None, format: str = "md") -> str:
+    """The tables of the newest run of each experiment and scale under ``runs``, assembled from its cell results, in
+    ``format`` (md, csv, latex or json: :data:`common.report_formats.FORMATS`), papers and experiments in run order.
 
     ``runs`` may be a runs root, a folder below it, or one run folder (shards copied together from several
-    machines included). A run with unfinished cells is listed with how many are left.
+    machines included). Each table names its run folder and date. The runs that give no table (unfinished cells, a
+    damaged cell result, a run of another suite) are named before markdown tables, and on stderr for the other
+    formats, whose output stays machine-readable.
     """
+    if format not in FORMATS:
+        raise UsageError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
+    runs = runs or folder_locations.runs_root()
+    recorded_runs, notices = _newest_runs(Path(runs), paper)
+    found: list[Table] = []
+    for recorded in recorded_runs:
+        assembled, notice = _run_tables(recorded)
+        found += assembled
+        notices += [notice] if notice else []
+    if not recorded_runs and not notices:
+        notices = [f"No runs under {runs} yet: run `python main.py` first."]
+    if format != "md":
+        for notice in notices:
+            print(notice, file=sys.stderr)
+        return FORMATS[format](found)
+    return "\n\n".join([*notices, *([to_markdown(found)] if found else [])])
+
+
+def _newest_runs(runs: Path, paper: str | None) -> tuple[list[RecordedRun], list[str]]:
+    """The newest run of each paper (or of ``paper``), experiment, scale, smoke setting and ``--set`` overrides under
+    ``runs``, in run order, and a line for each run of a paper this suite does not have."""
     from common import runner
     from common.run import CONFIG_FILE
 
-    runs = runs or folder_locations.runs_root()
-    newest: dict[tuple[str, str, str], tuple[str, runner.RecordedRun]] = {}
+    newest: dict[tuple[str, str, str, bool, tuple[str, ...]], RecordedRun] = {}
     skipped = []
-    for path in sorted(Path(runs).rglob(CONFIG_FILE)):
+    for path in sorted(runs.rglob(CONFIG_FILE)):
         try:
             recorded = runner.read_recorded_run(path.parent)
-            saved = str(json.loads(path.read_text()).get("saved", ""))
-        except (UsageError, OSError, ValueError):
+        except UsageError:
             continue  # not the config.json of a run
         if recorded.paper not in PAPER_MODULES:
             skipped.append(f"{path.parent}: a run of {recorded.paper!r}, which is not a paper of this suite; skipped")
             continue
-        key = (recorded.paper, recorded.experiment, recorded.settings.scale, recorded.settings.smoke)
-        if (paper is None or recorded.paper == paper) and (key not in newest or saved >= newest[key][0]):
-            newest[key] = (saved, recorded)
-    blocks = list(skipped)
-    order = list(PAPER_MODULES)
-    for key in sorted(newest, key=lambda k: (order.index(k[0]), k[1:])):
-        recorded = newest[key][1]
-        owner = get_paper(recorded.paper)
-        run_plan = runner.plan(owner, _experiment(owner, recorded.experiment), recorded.settings)
-        try:
-            rows = runner.assemble(run_plan, recorded.folder)
-        except DataError as error:  # one damaged cell result: say so and go on with the other runs
-            blocks.append(f"{key[0]}/{key[1]} ({recorded.folder}): not assembled, {error}")
-            continue
-        if rows is None:
-            left = len(runner.pending(run_plan, recorded.folder))
-            blocks.append(
-                f"{key[0]}/{key[1]} ({recorded.folder}): {left} of {len(run_plan.cells)} cells not finished; "
-                f"`python main.py {key[0]} --resume {recorded.folder}` runs them"
-            )
-        else:
-            blocks.append(f"{render_markdown(rows)}\n\n(run folder: {recorded.folder})")
-    if not blocks:
-        return f"No runs under {runs} yet: run `python main.py` first."
-    return "\n\n".join(blocks)
+        settings = recorded.settings
+        key = (recorded.paper, recorded.experiment, settings.scale, settings.smoke, settings.overrides)
+        if (paper is None or recorded.paper == paper) and (key not in newest or recorded.saved >= newest[key].saved):
+            newest[key] = recorded
+    return sorted(newest.values(), key=_run_order), skipped
+
+
+def _run_order(recorded: RecordedRun) -> tuple[int, int, int, bool]:
+    """Papers as :data:`PAPER_MODULES`, then experiments as their paper runs them, then scales, smoke runs last."""
+    names = [experiment.name for experiment in get_paper(recorded.paper).experiments]
+    experiment = names.index(recorded.experiment) if recorded.experiment in names else len(names)
+    settings = recorded.settings
+    return list(PAPER_MODULES).index(recorded.paper), experiment, SCALES.index(settings.scale), settings.smoke
+
+
+def _run_tables(recorded: RecordedRun) -> tuple[list[Table], str]:
+    """The tables of a recorded run, or none and why: a damaged cell result or unfinished cells."""
+    from common import runner
+
+    owner = get_paper(recorded.paper)
+    run_plan = runner.plan(owner, _experiment(owner, recorded.experiment), recorded.settings)
+    name = f"{recorded.paper}/{recorded.experiment} ({recorded.folder})"
+    try:
+        rows = runner.assemble(run_plan, recorded.folder)
+    except DataError as error:  # one damaged cell result: say so and go on with the other runs
+        return [], f"{name}: not assembled, {error}"
+    if rows is None:
+        left = len(runner.pending(run_plan, recorded.folder))
+        return [], (
+            f"{name}: {left} of {len(run_plan.cells)} cells not finished; "
+            f"`python main.py {recorded.paper} --resume {recorded.folder}` runs them"
+        )
+    return tables(rows, str(recorded.folder), recorded.saved), ""
 
 
 def list_everything() -> str:
@@ -517,13 +611,26 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
         "--smoke",
         action="store_const",
         const=True,
-        help="the scale's configuration, but every training 2 steps and every evaluation 2 batches per set",
+        help="the scale's configuration; every training 2 steps, every evaluation 2 batches per set, ≤ 8 images each",
     )
     parser.add_argument("--output", type=Path, help=f"runs root (default {folder_locations.runs_root()})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--show-config", action="store_true", help="print each chosen experiment's resolved configuration; run none"
+    )
     if not cells:
         return
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="override a hyper-parameter of the configuration --show-config prints (repeatable): dotted KEY, tuple "
+        "items by index (datasets.0.epochs=3), YAML VALUE (3, 1e-3, null, [svhn, lsun]); KEY must exist in every "
+        "chosen experiment (name the experiments to narrow them); recorded, and kept by --resume",
+    )
     parser.add_argument("--resume", type=Path, help="continue this run folder (or a folder or file inside it)")
     parser.add_argument(
         "--run-name", help="run folder <output>/<paper>/<experiment>/NAME, new or shared with other processes"
@@ -560,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=Path, help=f"runs root or run folder (default {folder_locations.runs_root()})"
     )
     report_parser.add_argument("--paper", choices=tuple(PAPER_MODULES), help="only this paper")
+    report_parser.add_argument(
+        "--format", choices=tuple(FORMATS), default="md", help="md (default), csv (one line per cell), latex or json"
+    )
     download_parser = commands.add_parser("download", help="download datasets whose owners allow it")
     download_parser.add_argument("datasets", nargs="+", metavar="DATASET")
     download_parser.add_argument("--root", type=Path, help=f"data root (default {folder_locations.data_root()})")
@@ -588,6 +698,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         slurm=_slurm_options(args),
         nproc_per_node=getattr(args, "nproc_per_node", None),
         backend=getattr(args, "backend", None),
+        overrides=tuple(getattr(args, "overrides", ())),
     )
 
 
@@ -610,14 +721,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "list":
             print(list_everything())
         elif command == "report":
-            print(report(args.runs, args.paper))
+            print(report(args.runs, args.paper, args.format))
         elif command == "download":
             return download(args.datasets, args.root)
+        elif command == "all" and getattr(args, "show_config", False):
+            print("\n\n".join(show_configs(name, (), _options(args)) for name in PAPER_MODULES))
         elif command == "all":
             options = _options(args) if args.command else RunOptions()
             jobs = [prepare(name, (), options) for name in PAPER_MODULES]  # every paper checked before any runs
+            check_data(jobs)
             for job in jobs:
                 run_job(job, options)
+        elif args.show_config:
+            print(show_configs(command, args.experiments, _options(args)))
         elif args.list_cells:
             print(list_paper_cells(command, args.experiments, _options(args)))
         else:

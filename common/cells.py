@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # torch and ignite load in seconds: `python main.py --help` i
     import torch
     from ignite.handlers import TensorboardLogger
 
+    from common.preflight import DataNeed
+
 SCALES = ("demo", "paper")
 CELL_RESULT = "result.json"
 _ID_PART = re.compile(r"[A-Za-z0-9_.+=-]+")
@@ -39,14 +41,17 @@ class Settings:
 
     ``seeds=None`` and ``epochs=None`` keep the experiment's own settings for the scale; ``smoke`` runs the scale's
     configuration with every training cut to 2 steps and every evaluation to 2 batches per set (:mod:`common.smoke`).
+    ``overrides`` are ``KEY=VALUE`` items applied in order to the configuration after those (:mod:`common.overrides`).
     """
 
     scale: str = "demo"
     seeds: tuple[int, ...] | None = None
     epochs: int | None = None
     smoke: bool = False
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", tuple(self.overrides))
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
@@ -224,6 +229,10 @@ def _no_threads(config: Any) -> int | None:
     return None
 
 
+def _no_data(config: Any) -> Sequence[DataNeed]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One table or figure of a paper as cells.
@@ -241,6 +250,8 @@ class Experiment:
             torchrun): each of its cells is then run by every rank together.
         global_batches: the global batch sizes of its trainings by configuration key; each must be a multiple of
             the number of data-parallel processes, which is checked before any is started.
+        data: the dataset and weight files its cells read (:mod:`common.preflight`), each for the cells that read
+            it, checked before any cell runs (default: none, e.g. generated sets).
     """
 
     name: str
@@ -252,6 +263,7 @@ class Experiment:
     cpu_threads: Callable[[Any], int | None] = _no_threads
     data_parallel: bool = False
     global_batches: Callable[[Any], Mapping[str, int]] = _no_batches
+    data: Callable[[Any], Sequence[DataNeed]] = _no_data
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -28,6 +29,17 @@ class MissingDataError(DataError, FileNotFoundError):
         hint = f" {how_to_get}" if how_to_get else ""
         super().__init__(path, f"file not found.{hint}")
         self._arguments = (path, how_to_get)
+
+
+class MissingFilesError(MissingDataError):
+    """Several required files are absent: ``paths`` are all of them, ``path`` the first; the message (several lines)
+    says where each goes and how to get it."""
+
+    def __init__(self, paths: Sequence[str | Path], listing: str) -> None:
+        ValueError.__init__(self, listing)  # the listing as it is, not "<path>: <problem>"
+        self.paths = tuple(Path(path) for path in paths)
+        self.path = self.paths[0]
+        self._arguments = (paths, listing)
 
 
 class DownloadError(DataError):

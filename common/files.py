@@ -23,7 +23,12 @@ _SHORT_WRITE_MESSAGES = ("unexpected pos", "file write failed", "No space left o
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+    """Write ``text`` to ``path`` (UTF-8) with :func:`write_bytes_atomically`."""
+    return write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
     An interruption leaves either the old file or the new one, never a partial file or a stray temporary. The
     file gets the umask's mode and reaches the disk before it is renamed (module docstring).
@@ -35,8 +40,8 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(descriptor, new_file_mode())
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -45,6 +45,7 @@ from torch import nn
 
 from common.errors import DataError, MissingDataError
 from common.files import fsync_folder, is_disk_full, new_file_mode, write_text_atomically
+from common.metrics import OOD_METRIC_KEYS
 from common.run import make_reproducible
 from common.smoke import limit_training
 
@@ -118,8 +119,8 @@ def setup_tensorboard(
 
     Written: ``train/<name>`` for the step outputs (see ``output_scalars``) and ``train/skipped_steps`` if the
     trainer counts them, every ``log_every`` iterations; ``lr/group_<i>`` at the same pace; ``<evaluator>/<metric>``
-    after each evaluation, at the trainer's epoch; weight histograms of ``histogram_model`` every epoch.
-    Close the logger when done.
+    after each evaluation, at the trainer's epoch; weight histograms of ``histogram_model`` every epoch. The metrics
+    of :data:`PERCENT_METRICS` are written in percent, as the tables print them. Close the logger when done.
     """
     if idist.get_rank() != 0:
         return None
@@ -127,7 +128,7 @@ def setup_tensorboard(
     counted = [SKIPPED_STEPS] if SKIPPED_STEPS in trainer.state_dict_user_keys else None
     every = Events.ITERATION_COMPLETED(every=log_every)
     tb_logger.attach_output_handler(
-        trainer, every, tag="train", output_transform=output_scalars, state_attributes=counted
+        trainer, every, tag="train", output_transform=_output_scalars_in_percent, state_attributes=counted
     )
     if optimizer is not None:
         tb_logger.attach_opt_params_handler(trainer, Events.ITERATION_STARTED(every=log_every), optimizer)
@@ -144,8 +145,21 @@ def _log_scalar_metrics(evaluator: Engine, tb_logger: TensorboardLogger, tag: st
     Metrics that are not numbers (``common.metrics.CollectTensors``' per-sample tensors) are left out, where
     Ignite's output handler would log one scalar per sample.
     """
-    for key, value in scalar_metrics(evaluator.state.metrics, tag).items():
+    for key, value in in_percent(scalar_metrics(evaluator.state.metrics, tag)).items():
         tb_logger.writer.add_scalar(key, value, trainer.state.epoch)
+
+
+PERCENT_METRICS = frozenset({*OOD_METRIC_KEYS, "accuracy", "selection_accuracy"})
+"""Metrics computed as fractions whose tables print percent; tensorboard shows them in percent too (same tags)."""
+
+
+def in_percent(scalars: Mapping[str, float]) -> dict[str, float]:
+    """``scalars`` by tag, those whose tag ends in a :data:`PERCENT_METRICS` name times 100."""
+    return {tag: 100 * value if tag.rsplit("/", 1)[-1] in PERCENT_METRICS else value for tag, value in scalars.items()}
+
+
+def _output_scalars_in_percent(output: Any) -> dict[str, float]:
+    return in_percent(output_scalars(output))
 
 
 def scalar_metrics(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
@@ -176,26 +190,41 @@ def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value:
     return F.pad(grid, (0, padding, 0, padding), value=pad_value)
 
 
-def log_images(tb_logger: TensorboardLogger | None, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
-    """Log images (N, C, H, W), C = 1 (gray), 3 (RGB) or 4 (RGBA), uint8 or float in [0, 1], as one PNG grid."""
-    if tb_logger is None:
-        return
+def as_uint8_images(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W), C = 1 (gray), 3 (RGB) or 4 (RGBA), uint8 or float in [0, 1], as uint8 (floats clamped)."""
     if images.ndim != 4 or images.shape[1] not in _PNG_CHANNELS:
         raise ValueError(f"images must have shape (N, C, H, W) with C in 1, 3, 4, got {tuple(images.shape)}")
     if images.dtype != torch.uint8:
         images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    grid = image_grid(images.cpu(), nrow=nrow).permute(1, 2, 0).numpy()
-    channels = grid.shape[2]
-    if _PNG_CHANNELS[channels] is not None:
-        grid = cv2.cvtColor(grid, _PNG_CHANNELS[channels])
-    encoded, png = cv2.imencode(".png", grid)
+    return images
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """One uint8 image (C, H, W), C = 1, 3 (RGB) or 4 (RGBA), as the bytes of a PNG file."""
+    pixels = image.cpu().permute(1, 2, 0).numpy()
+    conversion = _PNG_CHANNELS[pixels.shape[2]]
+    if conversion is not None:
+        pixels = cv2.cvtColor(pixels, conversion)
+    encoded, png = cv2.imencode(".png", pixels)
     if not encoded:
-        raise RuntimeError(f"OpenCV could not encode the {tag!r} image grid as PNG")
-    image = Summary.Image(
-        height=grid.shape[0], width=grid.shape[1], colorspace=channels, encoded_image_string=png.tobytes()
-    )
-    # tensorboardX's add_image needs Pillow, which the suite does not depend on: write the same Summary it would.
-    tb_logger.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        raise RuntimeError(f"OpenCV could not encode a {tuple(image.shape)} image as PNG")
+    return png.tobytes()
+
+
+def log_image(tb_logger: TensorboardLogger | None, tag: str, image: torch.Tensor, step: int) -> None:
+    """Log one uint8 image (C, H, W), C = 1 (gray), 3 (RGB) or 4 (RGBA), as a PNG."""
+    if tb_logger is None:
+        return
+    channels, height, width = image.shape
+    summary = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encode_png(image))
+    # tensorboardX's add_image needs Pillow, which the suite does not use itself: write the same Summary it would.
+    tb_logger.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=summary)]), step)
+
+
+def log_images(tb_logger: TensorboardLogger | None, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
+    """Log images (N, C, H, W), C = 1 (gray), 3 (RGB) or 4 (RGBA), uint8 or float in [0, 1], as one PNG grid."""
+    if tb_logger is not None:
+        log_image(tb_logger, tag, image_grid(as_uint8_images(images).cpu(), nrow=nrow), step)
 
 
 def log_histogram(

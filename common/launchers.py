@@ -35,7 +35,7 @@ import folder_locations
 from common.cells import Cell, RunContext, Settings, is_finished
 from common.errors import UsageError
 from common.files import write_text_atomically
-from common.runner import Plan, with_prerequisites
+from common.runner import Plan, unfinished_cells
 from common.slurm import SlurmOptions
 
 Log = Callable[[str], None]
@@ -62,8 +62,7 @@ def cell_command(arguments: Sequence[str]) -> list[str]:
 
 def unfinished(batch: Batch) -> list[Cell]:
     """The batch's cells and the cells they need that have not finished, in the plan's order."""
-    cells = with_prerequisites(batch.plan, batch.cells, batch.run_dir)
-    return [cell for cell in cells if not is_finished(batch.run_dir, cell.id)]
+    return unfinished_cells(batch.plan, batch.cells, batch.run_dir)
 
 
 # ----------------------------------------------------------------------------------------------- local pool
@@ -202,6 +201,13 @@ def stages(batches: Sequence[Batch]) -> list[list[tuple[Batch, Cell]]]:
     return [grouped[level] for level in sorted(grouped)]
 
 
+def require_slurm() -> None:
+    """Raise UsageError unless Slurm's ``sbatch`` and ``srun`` are on PATH."""
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise UsageError(f"--launcher slurm: {' and '.join(missing)} not found on PATH; run it on a Slurm login node")
+
+
 def submit_slurm(batches: Sequence[Batch], options: SlurmOptions, folder: Path, log: Log) -> list[Submitted]:
     """Submit one Slurm job per unfinished cell, stage after stage; write and return what was submitted.
 
@@ -211,9 +217,7 @@ def submit_slurm(batches: Sequence[Batch], options: SlurmOptions, folder: Path, 
     """
     import submitit
 
-    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
-    if missing:
-        raise UsageError(f"--launcher slurm: {' and '.join(missing)} not found on PATH; run it on a Slurm login node")
+    require_slurm()
     submitted: list[Submitted] = []
     previous: list[str] = []
     for level, cells in enumerate(stages(batches)):

@@ -1,7 +1,9 @@
-"""Result rows: our number beside the paper's, written as ``results.json`` per run and rendered as markdown.
+"""Result rows: our number beside the paper's, written as ``results.json`` per run.
 
 Every experiment returns a list of :class:`ResultRow`; :func:`write_results` stores them in the run folder and
-:func:`render_markdown` prints one table per (paper, table) with the paper's value, ours and the difference.
+:mod:`common.report_formats` renders them as the manuscript's tables (markdown, CSV, LaTeX, JSON). A row's ``note``
+holds parts separated by :data:`NOTE_SEPARATOR` (:func:`join_notes`), each listed once under its table; at the demo
+scale the first says which data stood in for the paper's (:func:`stand_in_note`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class ResultRow:
     """One cell of a manuscript table: where it is, our value and its spread, and the published value and its ±.
 
     Values are in the unit the paper prints (e.g. AUROC in percent when the paper prints percent). ``spread_kind``
-    says what ``spread`` is (:meth:`Spread.describe`); ``n`` is how many values the mean is over.
+    says what ``spread`` is (:meth:`Spread.describe`); ``n`` is how many values the mean is over. ``row`` and
+    ``column`` name what ran (e.g. the demo's data); ``note`` holds :func:`join_notes` parts.
     """
 
     paper: str
@@ -105,6 +108,29 @@ def summary_row(
     )
 
 
+NOTE_SEPARATOR = "; "
+"""Between the parts of a :attr:`ResultRow.note`; each distinct part is listed once under the row's table."""
+
+
+def join_notes(*parts: str) -> str:
+    """The non-empty ``parts`` as one note, in order."""
+    return NOTE_SEPARATOR.join(part for part in parts if part)
+
+
+STAND_INS = "stand-ins: "
+"""How a :func:`stand_in_note` starts."""
+
+
+def stand_in_note(pairs: Iterable[tuple[str, str]]) -> str:
+    """Which data (or backbone) stood in for the paper's: "stand-ins: digits for MNIST, shapes for CIFAR-10".
+
+    ``pairs`` are (what ran, what the paper used); pairs that name the same thing are left out, so the note is empty
+    when the paper's own data ran (the paper scale).
+    """
+    differing = [f"{ran} for {published}" for ran, published in dict.fromkeys(pairs) if ran != published]
+    return STAND_INS + ", ".join(differing) if differing else ""
+
+
 @dataclass
 class RunRecord:
     """What ``results.json`` holds: the rows plus where and how they were produced."""
@@ -122,6 +148,16 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def row_record(row: ResultRow) -> dict[str, Any]:
+    """``row`` as JSON values: every field, ``seeds`` as a list, a non-finite ``ours`` as None."""
+    return {**asdict(row), "ours": _finite_or_none(row.ours), "seeds": list(row.seeds)}
+
+
+def row_from_record(record: dict[str, Any]) -> ResultRow:
+    """The :class:`ResultRow` of a :func:`row_record`."""
+    return ResultRow(**{**record, "seeds": tuple(record.get("seeds", ()))})
+
+
 def write_results(run_dir: str | Path, record: RunRecord) -> Path:
     """Atomically write ``record`` as ``<run_dir>/results.json`` and return its path."""
     run_dir = Path(run_dir)
@@ -130,9 +166,7 @@ def write_results(run_dir: str | Path, record: RunRecord) -> Path:
         "paper": record.paper,
         "experiment": record.experiment,
         "config": record.config,
-        "rows": [
-            {**asdict(row), "ours": _finite_or_none(row.ours), "seeds": list(row.seeds)} for row in record.rows
-        ],
+        "rows": [row_record(row) for row in record.rows],
     }
     return write_json_atomically(run_dir / RESULTS_FILE, payload)
 
@@ -142,40 +176,7 @@ def read_results(path: str | Path) -> RunRecord:
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
-        rows = [ResultRow(**{**row, "seeds": tuple(row.get("seeds", ()))}) for row in payload["rows"]]
+        rows = [row_from_record(row) for row in payload["rows"]]
         return RunRecord(payload["paper"], payload["experiment"], rows, payload.get("config", {}))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a results file written by this suite ({error})") from error
-
-
-def _format(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def render_markdown(rows: Iterable[ResultRow], digits: int = 2) -> str:
-    """Markdown tables, one per (paper, table): paper value ± its spread, ours ± ours, difference, n.
-
-    The heading names the scale and what our ± is (e.g. "± = SEM (ddof 1) over seeds × OOD sets").
-    """
-    groups: dict[tuple[str, str], list[ResultRow]] = {}
-    for row in rows:
-        groups.setdefault((row.paper, row.table), []).append(row)
-    blocks = []
-    for (paper, table), table_rows in groups.items():
-        scales = ", ".join(sorted({row.scale for row in table_rows}))
-        kinds = "; ".join(dict.fromkeys(row.spread_kind for row in table_rows if row.spread_kind)) or "none"
-        lines = [
-            f"### {paper}: {table} (scale: {scales})",
-            "",
-            f"ours ± = {kinds}",
-            "",
-            "| row | column | paper | paper ± | ours | ours ± | ours − paper | n |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in table_rows:
-            numbers = (row.paper_value, row.paper_spread, row.ours, row.spread, row.difference)
-            lines.append(
-                f"| {row.row} | {row.column} | {' | '.join(_format(value, digits) for value in numbers)} | {row.n} |"
-            )
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)

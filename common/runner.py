@@ -44,6 +44,8 @@ from common.cells import (
 )
 from common.errors import UsageError
 from common.files import FileLock, new_file_mode, write_json_atomically
+from common.overrides import apply_overrides
+from common.progress import CellProgress
 from common.results import ResultRow, RunRecord, write_results
 from common.run import CONFIG_FILE, plain, run_metadata, torch_threads
 from common.smoke import TABLE_MARK, smoke_limits
@@ -68,12 +70,18 @@ class Plan:
 
 
 def plan(paper: Paper, experiment: Experiment, settings: Settings) -> Plan:
-    """Resolve ``experiment`` of ``paper`` at ``settings``; the cells are checked (unique ids, known needs)."""
+    """Resolve ``experiment`` of ``paper`` at ``settings``, its ``--set`` overrides applied; the cells are checked
+    (unique ids, known needs)."""
     if settings.scale not in experiment.scales:
         raise UsageError(
             f"{paper.name}/{experiment.name} has no {settings.scale!r} scale; scales: {', '.join(experiment.scales)}"
         )
     config = experiment.configure(settings)
+    if settings.overrides:
+        try:
+            config = apply_overrides(config, settings.overrides)
+        except UsageError as error:  # every chosen experiment must have the keys: say which one has not
+            raise UsageError(f"{paper.name}/{experiment.name}: {error}") from None
     try:
         cells = checked_cells(paper.name, experiment.name, experiment.cells(config))
     except ValueError as error:
@@ -84,16 +92,17 @@ def plan(paper: Paper, experiment: Experiment, settings: Settings) -> Plan:
 # ----------------------------------------------------------------------------------------------- run folders
 @dataclass(frozen=True)
 class RecordedRun:
-    """What a run folder's ``config.json`` says it is."""
+    """What a run folder's ``config.json`` says it is; ``saved``: when it was recorded (ISO date, "" if not)."""
 
     folder: Path
     paper: str
     experiment: str
     settings: Settings
+    saved: str = ""
 
 
 def read_recorded_run(folder: Path) -> RecordedRun:
-    """The paper, experiment and settings recorded in ``folder/config.json``.
+    """The paper, experiment, settings and date recorded in ``folder/config.json``.
 
     Raises:
         UsageError: the folder has no ``config.json`` of a cell run.
@@ -102,7 +111,7 @@ def read_recorded_run(folder: Path) -> RecordedRun:
     try:
         record = json.loads(path.read_text())
         settings = Settings.from_record(record["settings"])
-        return RecordedRun(Path(folder), record["paper"], record["experiment"], settings)
+        return RecordedRun(Path(folder), record["paper"], record["experiment"], settings, str(record.get("saved", "")))
     except FileNotFoundError:
         raise UsageError(f"{folder}: not a run folder (it has no {CONFIG_FILE})") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -137,17 +146,23 @@ def merge_settings(recorded: RecordedRun, given: Mapping[str, Any]) -> Settings:
         kept = getattr(recorded.settings, name)
         value = tuple(value) if isinstance(value, list) else value
         if value != kept:
-            option = f"--{name}" if isinstance(value, bool) else f"--{name} {_show(value)}"
             raise UsageError(
-                f"{option} conflicts with the run's recorded {name} {_show(kept)} in {recorded.folder};"
+                f"{_option(name, value)} conflicts with the run's recorded {name} {_show(kept)} in {recorded.folder};"
                 f" leave it out to continue the run as it was started"
             )
     return recorded.settings
 
 
+def _option(name: str, value: Any) -> str:
+    """A setting as given on the command line: ``--smoke``, ``--epochs 3``, ``--set a=1 --set b=2``."""
+    if name == "overrides":
+        return " ".join(f"--set {item}" for item in value)
+    return f"--{name}" if isinstance(value, bool) else f"--{name} {_show(value)}"
+
+
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "(none)"
     return "(the experiment's default)" if value is None else str(value)
 
 
@@ -263,6 +278,13 @@ def with_prerequisites(run_plan: Plan, cells: Sequence[Cell], run_dir: Path | No
     return [cell for cell in run_plan.cells if cell.id in wanted]
 
 
+def unfinished_cells(run_plan: Plan, cells: Sequence[Cell], run_dir: Path | None) -> list[Cell]:
+    """The cells a run of ``cells`` runs: those of ``cells`` and of the cells they need (transitively) that are not
+    finished in ``run_dir`` (every one when it is None: a new run), in the plan's order."""
+    cells = with_prerequisites(run_plan, cells, run_dir)
+    return cells if run_dir is None else [cell for cell in cells if not is_finished(run_dir, cell.id)]
+
+
 # ----------------------------------------------------------------------------------------------- locks and states
 def cell_lock(run_dir: Path, cell_id: str) -> FileLock:
     """The lock a process holds while it runs cell ``cell_id``: ``.lock`` in the cell's folder."""
@@ -317,41 +339,54 @@ def run_cells(run_plan: Plan, cells: Sequence[Cell], context: RunContext, log=_s
     rank 0 chooses it, holds its lock and writes its result, and never waits for a cell another run is running (the
     other ranks would wait in a collective that times out): it leaves it.
 
+    With ``context.progress``, rank 0 shows one bar over the cells with an ETA
+    (:class:`~common.progress.CellProgress`), the trainings' bars below it; without, each cell starts with an
+    ``[i/N] <cell id>`` line.
+
     Returns:
         What ran here, what was left to other processes, and the table when every cell of the run is finished
         (on rank 0; other ranks get no table).
     """
-    run_dir = context.run_dir
+    lead = idist.get_rank() == 0
+    pending = unfinished_cells(run_plan, cells, context.run_dir)
+    desc = f"{run_plan.paper.name}/{run_plan.experiment.name}"
+    with CellProgress(desc, len(pending), bar=context.progress and lead, log=log) as progress:
+        ran = _run_pending(run_plan, pending, context, progress)
+    if not lead:
+        return Outcome(tuple(ran), (), None)
+    return Outcome(tuple(ran), tuple(cell.id for cell in pending), assemble(run_plan, context.run_dir))
+
+
+def _run_pending(run_plan: Plan, pending: list[Cell], context: RunContext, progress: CellProgress) -> list[str]:
+    """Run the cells of ``pending`` that this process can take (:func:`run_cells`), removing each from it once
+    finished (on rank 0); return the ids of those that ran."""
+    run_dir, ran, finished = context.run_dir, [], set()
     distributed, lead = idist.get_world_size() > 1, idist.get_rank() == 0
-    pending = [cell for cell in with_prerequisites(run_plan, cells, run_dir) if not is_finished(run_dir, cell.id)]
-    total, ran, finished = len(pending), [], set()
     threads = run_plan.experiment.cpu_threads(run_plan.config) if context.device.type == "cpu" else None
     while True:
-        chosen, lock = _choose(run_dir, pending, not distributed, log, finished) if lead else (None, None)
+        chosen, lock = _choose(run_dir, pending, not distributed, progress.say, finished) if lead else (None, None)
         cell_id = "" if chosen is None else chosen.id
         if distributed:
             cell_id = idist.broadcast(cell_id, src=0, safe_mode=True)
         if not cell_id:
-            break
+            return ran
         cell = run_plan.by_id[cell_id]
         try:
             if lead:
-                log(f"[{len(ran) + 1}/{total}] {cell.id}")
+                progress.start(cell.id)
             started = time.perf_counter()
             with torch_threads(threads), smoke_limits(context.settings.smoke):
                 values = cell.run(context.for_cell(cell.id))
             if lead:
                 _write_cell_result(run_dir, cell, values, time.perf_counter() - started)
                 pending.remove(cell)
+                progress.finish()
             ran.append(cell.id)
             if distributed:
                 idist.barrier()  # every rank is done with the cell before its lock goes
         finally:
             if lock is not None:
                 lock.release()
-    if not lead:
-        return Outcome(tuple(ran), (), None)
-    return Outcome(tuple(ran), tuple(cell.id for cell in pending), assemble(run_plan, run_dir))
 
 
 def _choose(
@@ -411,11 +446,15 @@ def _write_cell_result(run_dir: Path, cell: Cell, values: Mapping[str, Any], sec
 
 
 def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
-    """The table of a run whose cells are all finished (also written as ``results.json``); None otherwise."""
+    """The table of a run whose cells are all finished (also written as ``results.json``); None otherwise.
+
+    The titles of a smoke run's tables say so (:data:`TABLE_MARK`), and those of a run with ``--set`` overrides
+    name them."""
     if not all(is_finished(run_dir, cell.id) for cell in run_plan.cells):
         return None
     results = {cell.id: read_cell_result(run_dir, cell.id) for cell in run_plan.cells}
-    mark = TABLE_MARK if run_plan.settings.smoke else ""
+    overrides = " ".join(run_plan.settings.overrides)
+    mark = (TABLE_MARK if run_plan.settings.smoke else "") + (f" [--set {overrides}]" if overrides else "")
     rows = [
         replace(row, scale=run_plan.settings.scale, table=row.table + mark)
         for row in run_plan.experiment.table(run_plan.config, results)

@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.handlers import TensorboardLogger
 
 from common.cells import Cell, Experiment, Paper, RunContext
 from common.handlers import log_histogram
-from common.results import NOT_PUBLISHED, ResultRow, Spread, summary_row
+from common.preflight import DataNeed, DatasetNeed
+from common.results import NOT_PUBLISHED, ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
 from gaussian_ad import paper
-from gaussian_ad.config import GaussianADConfig, configure
+from gaussian_ad.config import CONFIGS, GaussianADConfig, configure
 from gaussian_ad.cost import features_cost
 from gaussian_ad.data import augmented_features, category_features, stored_features, write_features
 from gaussian_ad.engine import fit
@@ -49,6 +51,8 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 Results = Mapping[str, Mapping[str, Any]]
 AUGMENTED = ("table4", "table5")
 """The experiments whose Gaussians are fitted on augmented training passes."""
+LEVELS_FILE = "levels.png"
+"""A fit cell's bar chart of the AUROC per level and of the sum."""
 TABLE_TITLES = {
     "table1": "Table I: image AUROC (%) per level and sum, MVG vs L2 vs SED",
     "table2": "Table II: image AUROC (%) per EfficientNet and level, MVG",
@@ -99,6 +103,21 @@ def fit_id(experiment: str, category: str, arch: str, variant: Variant) -> str:
     return f"{NAME}/{experiment}/{category}/{arch}/{variant.name}"
 
 
+def data(experiment: str, config: GaussianADConfig) -> list[DataNeed]:
+    """MVTec AD's category folders, each read by the cells extracting that category's features (the generated
+    set of the demo needs nothing). The backbones' weight files are downloaded on first use."""
+    if config.synthetic:
+        return []
+    return [
+        DatasetNeed(
+            "mvtec",
+            (category,),
+            (features_id(experiment, "*", category), augmented_id(experiment, config, "*", category)),
+        )
+        for category in config.categories
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ cells
 def _features_cell(arch: str, category: str, augmented: bool, ctx: RunContext) -> dict[str, Any]:
     """Extract one category's (augmented) features into ``features.pt`` of the cell's folder."""
@@ -134,21 +153,37 @@ def _fit_cell(experiment: str, arch: str, category: str, variant: Variant, ctx: 
     values: dict[str, Any] = {"auroc": {name: float(v) for name, v in zip(names, aurocs[: len(names)], strict=True)}}
     tb = ctx.tensorboard()
     try:
-        for name, value in values["auroc"].items():
-            tb.writer.add_scalar(f"auroc/{name}", value, 0)
+        for name, value in values["auroc"].items():  # in percent, as the tables
+            tb.writer.add_scalar(f"auroc/{name}", 100 * value, 0)
         scores = results[0].distances.mean(dim=0)  # fold 0's image scores
         log_histogram(tb, "scores/good", scores[labels == 0], 0)
         log_histogram(tb, "scores/defective", scores[labels == 1], 0)
+        _write_plots(ctx, values["auroc"], scores, labels, tb)
         if level is not None:
             points = [working_points(r.distances[0], labels, r.dofs[0], config.sigmas) for r in results]
             rates = [np.mean([p[n] for p in points], axis=0) for n in config.sigmas]
             values["fpr"], values["tpr"] = [float(r[0]) for r in rates], [float(r[1]) for r in rates]
             for n, (fpr, tpr) in zip(config.sigmas, rates, strict=True):
-                tb.writer.add_scalar("working_points/fpr", float(fpr), n)
-                tb.writer.add_scalar("working_points/tpr", float(tpr), n)
+                tb.writer.add_scalar("working_points/fpr", 100 * float(fpr), n)
+                tb.writer.add_scalar("working_points/tpr", 100 * float(tpr), n)
     finally:
         tb.close()
     return values
+
+
+def _write_plots(
+    ctx: RunContext, aurocs: Mapping[str, float], scores: torch.Tensor, labels: torch.Tensor, tb: TensorboardLogger
+) -> None:
+    """A fit cell's PNG files, also logged to tensorboard: ``roc-defective.png`` and ``hist-defective.png`` (fold 0's
+    image scores, good vs defective) and :data:`LEVELS_FILE` (the fold-mean AUROC per level and of the sum)."""
+    from common import plots  # matplotlib loads only when a cell plots
+
+    score = list(aurocs)[-1]  # what ``scores`` are: the level mean (ranked as the sum), or Table IV's one level
+    plots.write_score_plots(ctx.folder, {score: scores}, labels, ("good", "defective"), tb)
+    cell = ", ".join(ctx.cell_id.split("/")[2:])  # category, backbone, variant
+    percent = [100 * value for value in aurocs.values()]
+    figure = plots.bar_figure(list(aurocs), percent, f"{cell}: image AUROC per level (fold mean)", "AUROC (%)")
+    plots.write_figure(ctx.folder / LEVELS_FILE, figure, tb, "auroc/levels")
 
 
 def cells(experiment: str, config: GaussianADConfig) -> list[Cell]:
@@ -174,10 +209,13 @@ def cells(experiment: str, config: GaussianADConfig) -> list[Cell]:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def _note(config: GaussianADConfig, arch: str, augmented: bool = False) -> str:
+def _note(config: GaussianADConfig, arch: str, augmented: bool = False, arch_in_columns: bool = False) -> str:
+    """The stand-ins (the generated data for MVTec AD; ``arch`` for the paper's backbone unless the columns name
+    it), then the backbone, data, folds and augmentation of the rows."""
     data = "synthetic MVTec-layout data" if config.synthetic else "MVTec AD"
+    stand_ins = [(data, "MVTec AD"), *([] if arch_in_columns else [(arch, CONFIGS["paper"].architecture)])]
     extra = f", {config.augment_passes} augmented passes (the original's albumentations pipeline)" if augmented else ""
-    return f"{arch} on {data}, {config.n_folds} folds{extra}"
+    return join_notes(stand_in_note(stand_ins), f"{arch} on {data}, {config.n_folds} folds{extra}")
 
 
 def _row(experiment: str, values: list[float], row: str, column: str, note: str, compare: bool = True) -> ResultRow:
@@ -205,14 +243,15 @@ def level_table(experiment: str, config: GaussianADConfig, results: Results) -> 
         per_category = [results[fit_id(experiment, c, arch, variant)]["auroc"] for c in config.categories]
         for name in per_category[0]:
             values = [aurocs[name] for aurocs in per_category]
-            rows.append(_row(experiment, values, name, column, _note(config, arch), compare=arch not in RESNETS))
+            note = _note(config, arch, arch_in_columns=column == arch)
+            rows.append(_row(experiment, values, name, column, note, compare=arch not in RESNETS))
     return rows
 
 
 def working_point_table(config: GaussianADConfig, results: Results) -> list[ResultRow]:
     """Table IV: measured FPR and TPR at each n σ threshold (nominal FPR in the row name), and the level's AUROC."""
     rows, level = [], LEVELS[config.working_point_level - 1]
-    note = _note(config, "/".join(config.working_point_architectures), augmented=True)
+    note = _note(config, "/".join(config.working_point_architectures), augmented=True, arch_in_columns=True)
     for column, arch, variant in columns("table4", config):
         per_category = [results[fit_id("table4", c, arch, variant)] for c in config.categories]
         for index, n in enumerate(config.sigmas):
@@ -248,6 +287,7 @@ PAPER = Paper(
             configure,
             partial(cells, "table1"),
             partial(level_table, "table1"),
+            data=partial(data, "table1"),
         ),
         Experiment(
             "table2",
@@ -255,6 +295,7 @@ PAPER = Paper(
             configure,
             partial(cells, "table2"),
             partial(level_table, "table2"),
+            data=partial(data, "table2"),
         ),
         Experiment(
             "table3",
@@ -262,6 +303,7 @@ PAPER = Paper(
             configure,
             partial(cells, "table3"),
             partial(level_table, "table3"),
+            data=partial(data, "table3"),
         ),
         Experiment(
             "table4",
@@ -269,6 +311,7 @@ PAPER = Paper(
             configure,
             partial(cells, "table4"),
             working_point_table,
+            data=partial(data, "table4"),
         ),
         Experiment(
             "table5",
@@ -276,6 +319,7 @@ PAPER = Paper(
             configure,
             partial(cells, "table5"),
             category_table,
+            data=partial(data, "table5"),
         ),
         Experiment(
             "table7",
@@ -284,6 +328,7 @@ PAPER = Paper(
             partial(cells, "table7"),
             partial(level_table, "table7"),
             scales=("paper",),
+            data=partial(data, "table7"),
         ),
     ),
 )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from common.cells import Settings
+from common.overrides import dataset_field
 from invglow.flows import CouplingKind
 
 
@@ -92,11 +93,15 @@ class DataConfig:
         demo_test: test images per generated set (demo only).
     """
 
-    in_distribution: tuple[str, ...] = ("cifar10", "cifar100", "svhn")
-    ood: tuple[str, ...] = ("svhn", "cifar10", "cifar100", "lsun", "celeba", "tinyimagenet")
+    in_distribution: tuple[str, ...] = field(
+        default=("cifar10", "cifar100", "svhn"), metadata=dataset_field("train", "test")
+    )
+    ood: tuple[str, ...] = field(
+        default=("svhn", "cifar10", "cifar100", "lsun", "celeba", "tinyimagenet"), metadata=dataset_field("test")
+    )
     # lsun: the ten scene categories' validation LMDBs, tinyimagenet: TinyImageNet-200's test folder, as the original
     # evaluate.py (not ODIN's resized copies, `lsun-resize` / `tinyimagenet-resize`, which other papers use)
-    no_flip: tuple[str, ...] = ("svhn",)
+    no_flip: tuple[str, ...] = field(default=("svhn",), metadata=dataset_field())
     demo_tiny_images: int = 0
     demo_train: int = 0
     demo_test: int = 0

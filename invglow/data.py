@@ -21,7 +21,9 @@ import torch
 
 import folder_locations
 from common.datasets import ImageSet, dataset_folder, load
-from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES, SUBSET_NAME, read_tiny_subset
+from common.datasets.svhn import split_file
+from common.datasets.tiny_images import BINARY_NAME, IMAGE_BYTES, SUBSET_NAME, read_tiny_subset, subset_files
+from common.preflight import DataNeed, DatasetNeed
 from common.smoke import evaluation_subset
 from common.tiny_builder import CHUNK_SIZE, EXCLUDE_CIFAR_NAME, build_tiny_subset
 from common.transforms import resize
@@ -237,3 +239,23 @@ def read_every_set(config: InvGlowConfig, seed: int) -> None:
         image_set(name, "train", config, seed)
         image_set(name, "test", config, seed)
     ood_test_sets(config, seed)
+
+
+def set_needs(config: InvGlowConfig) -> list[DataNeed]:
+    """The dataset files :func:`read_every_set` reads at the paper scale (of SVHN, the files of the splits it
+    reads); none at the demo scale, whose sets are generated."""
+    if config.scale == "demo":
+        return []
+    needs: list[DataNeed] = []
+    for name in dict.fromkeys((*config.data.in_distribution, *config.data.ood)):
+        splits = ("train", "test") if name in config.data.in_distribution else ("test",)
+        needs.append(DatasetNeed(name, tuple(map(split_file, splits)) if name == "svhn" else ()))
+    return needs
+
+
+def tiny_needs(config: InvGlowConfig) -> list[DataNeed]:
+    """The files of the Tiny subset :func:`tiny_images` reads at the paper scale; none at the demo scale."""
+    if config.scale == "demo":
+        return []
+    files = subset_files(Path(), EXCLUDE_CIFAR_NAME if config.exclude_cifar_from_tiny else SUBSET_NAME)
+    return [DatasetNeed("tiny-images-subset", (str(files.images), str(files.manifest)))]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import TensorboardLogger
@@ -36,7 +37,7 @@ from common.handlers import (
     count_skipped_steps,
     finite_step,
     log_histogram,
-    log_images,
+    log_image,
     setup_handlers,
     training_counts,
 )
@@ -48,10 +49,11 @@ from invglow.config import NonFiniteExamples, TrainConfig
 from invglow.data import EvalSets
 from invglow.losses import bits_per_dim, margin_loss, nll_nats, outlier_loss, wrong_class_loss
 from invglow.models import ClassConditionalGlow, Glow, PatchGlow, initialize_actnorms
-from invglow.scores import SCORE_KINDS, anomaly_scores, evaluate_sets
+from invglow.scores import ScoreKind, anomaly_scores, evaluate_sets, score_kinds
 
 SAMPLE_TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
 FINAL_MODEL = "model.pt"
+SAMPLES_FILE = "samples.png"
 LIKELIHOODS = "likelihoods"
 """The evaluator's ``CollectTensors`` metric: ``{"fine": (N, L)}`` per-scale log-densities of the trained model,
 plus ``"base": (N, L')`` of the general (Tiny) model when there is one, in the order of the evaluation images."""
@@ -280,18 +282,31 @@ def eval_loader(evaluation: EvalSets, batch_size: int, device: torch.device) -> 
     return ChainedBatches(evaluation_loaders(sets, batch_size, transform=eval_transform(), device=device))
 
 
+def evaluation_scores(likelihoods: dict[str, torch.Tensor]) -> dict[ScoreKind, np.ndarray]:
+    """Every score kind the evaluator's :data:`LIKELIHOODS` give, (N,) per kind in the order of the images."""
+    fine, base = likelihoods["fine"], likelihoods.get("base")
+    return {kind: anomaly_scores(kind, fine, base).values for kind in score_kinds(fine, base)}
+
+
+def write_score_plots(
+    evaluation: EvalSets, likelihoods: dict[str, torch.Tensor], folder: Path, tb_logger: TensorboardLogger, step: int
+) -> None:
+    """``roc-<set>.png`` and ``hist-<set>.png`` in ``folder`` for every OOD set of ``evaluation``, each score kind
+    a curve / panel, also logged to tensorboard (``common.plots.write_score_plots``)."""
+    from common import plots  # matplotlib loads only when a cell plots
+
+    scores = evaluation_scores(likelihoods)
+    plots.write_score_plots(folder, scores, evaluation.set_ids, evaluation.names, tb_logger, step)
+
+
 def attach_score_histograms(
     evaluator: Engine, tb_logger: TensorboardLogger | None, trainer: Engine, evaluation: EvalSets, tag: str
 ) -> None:
     """Log the histogram of every score of every set after each evaluation, at the trainer's epoch."""
 
     def log(engine: Engine) -> None:
-        likelihoods = engine.state.metrics[LIKELIHOODS]
-        fine, base = likelihoods["fine"], likelihoods.get("base")
-        for kind in SCORE_KINDS:
-            if (kind == "ratio" and base is None) or (kind == "final_scale" and fine.shape[1] == 1):
-                continue
-            values = torch.from_numpy(anomaly_scores(kind, fine, base).values)
+        for kind, scores in evaluation_scores(engine.state.metrics[LIKELIHOODS]).items():
+            values = torch.from_numpy(scores)
             for index, name in enumerate(evaluation.names):
                 tag_name = f"{tag}/score-{kind}/{name}"
                 log_histogram(tb_logger, tag_name, values[evaluation.set_ids == index], trainer.state.epoch)
@@ -304,20 +319,26 @@ def attach_sample_logging(
     trainer: Engine,
     model: Glow | PatchGlow,
     tb_logger: TensorboardLogger | None,
+    folder: Path,
     temperatures: tuple[float, ...] = SAMPLE_TEMPERATURES,
     n_samples: int = 16,
 ) -> None:
-    """Log images sampled from ``model`` at a few temperatures after every epoch."""
+    """After every epoch (and when a smoke run ends the training early), sample images from ``model`` at a few
+    temperatures: logged as ``samples/T=<t>`` and saved as :data:`SAMPLES_FILE` in ``folder`` (a row per
+    temperature), enlarged to at least 256 pixels a side."""
 
     def log(engine: Engine) -> None:
+        from common import plots  # matplotlib loads only when a cell plots
+
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
         model.eval()
-        for temperature in temperatures:
-            images = model.sample(n_samples, temperature, generator).add(0.5).clamp(0, 1)
-            log_images(tb_logger, f"samples/T={temperature}", images, engine.state.epoch)
+        samples = [model.sample(n_samples, t, generator).add(0.5).clamp(0, 1) for t in temperatures]
+        for temperature, images in zip(temperatures, samples, strict=True):
+            log_image(tb_logger, f"samples/T={temperature}", plots.visible_grid([images], 8), engine.state.epoch)
+        plots.save_png(plots.visible_grid(samples, n_samples), folder / SAMPLES_FILE)
 
     if tb_logger is not None:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, log)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED | Events.TERMINATE, log)
 
 
 def fit(
@@ -337,7 +358,8 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` for ``train.epochs`` epochs in ``folder`` and return its final evaluation's metrics.
 
-    ``folder`` receives the tensorboard events, the checkpoints and, at the end, ``model.pt`` (written atomically).
+    ``folder`` receives the tensorboard events, the checkpoints, ``samples.png`` (every epoch) and, at the end,
+    ``model.pt`` (written atomically) and the final evaluation's ``roc-<set>.png`` / ``hist-<set>.png``.
     A training resumes from the newest intact checkpoint in ``folder``; one whose checkpoint is of the last epoch is
     only evaluated again. A model without ``base_model`` is trained from scratch: its ActNorms are initialised from
     the first ``train.init_batches`` training batches; a finetuned model starts from the (initialised) Tiny model.
@@ -369,12 +391,16 @@ def fit(
         resume=True,
     )
     attach_score_histograms(evaluator, handlers.tb_logger, trainer, evaluation, "eval")
-    attach_sample_logging(trainer, model.glow if isinstance(model, ClassConditionalGlow) else model, handlers.tb_logger)
+    sampled = model.glow if isinstance(model, ClassConditionalGlow) else model
+    attach_sample_logging(trainer, sampled, handlers.tb_logger, folder)
     try:
         if trainer.state.epoch >= train.epochs:  # a finished training restored from its last checkpoint
             evaluator.run(loader)
         else:
             trainer.run(train_loader, max_epochs=train.epochs)
+        if handlers.tb_logger is not None:  # rank 0
+            likelihoods = evaluator.state.metrics[LIKELIHOODS]
+            write_score_plots(evaluation, likelihoods, folder, handlers.tb_logger, trainer.state.epoch)
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()

@@ -36,7 +36,8 @@ from scipy.stats import spearmanr
 from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets import ImageSet
 from common.files import torch_save_atomically
-from common.results import ResultRow, Spread, summary_row
+from common.preflight import DataNeed
+from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
 from invglow import paper
 from invglow.config import InvGlowConfig, TrainConfig, configure, cpu_threads, grey_config
@@ -49,7 +50,9 @@ from invglow.data import (
     ood_test_sets,
     prepare_tiny,
     read_every_set,
+    set_needs,
     tiny_images,
+    tiny_needs,
 )
 from invglow.engine import FINAL_MODEL, LIKELIHOODS, OutlierKind, OutlierLossConfig, fit, load_model
 from invglow.models import MODEL_KINDS, ClassConditionalGlow, ModelKind, build_model
@@ -61,7 +64,8 @@ CITATION = (
     "hierarchies of distributions and features, NeurIPS 2020"
 )
 SPREAD = Spread(statistic="std", ddof=0, over="seeds")
-DEMO_STAND_INS = "demo stand-ins: shapes ~ CIFAR-10, digits-rgb ~ SVHN"
+DEMO_TINY = ("generated Tiny-format images", "80M Tiny Images")
+"""(what the demo pretrains on, what the paper pretrains on)."""
 FULL_LIKELIHOODS = "likelihoods.pt"
 """The full Glow's per-scale log-densities (N, L) of its evaluation images, saved for the Spearman ρ of the others."""
 
@@ -76,11 +80,13 @@ Rows = tuple[tuple[str, str, str, ScoreKind], ...]  # (table, row, finetuned var
 
 @dataclass(frozen=True)
 class Group:
-    """One group of the tables: the suffix of its cell parts, its finetuned variants and its table rows."""
+    """One group of the tables: the suffix of its cell parts, its finetuned variants, its table rows, and the paper's
+    set each demo set stands in for."""
 
     suffix: str
     variants: tuple[str, ...]
     rows: Rows
+    stands_for: Mapping[str, str]
 
 
 RGB = Group(
@@ -95,6 +101,7 @@ RGB = Group(
         (paper.UNSUPERVISED_TABLE, paper.MARGIN_LOSS_RAW, "margin-loss", "raw"),
         (paper.SUPERVISED_TABLE, paper.SUPERVISED_RATIO, "supervised", "ratio"),
     ),
+    {"shapes": "CIFAR-10", "digits-rgb": "SVHN"},
 )
 GREY = Group(
     "-grey",
@@ -105,6 +112,7 @@ GREY = Group(
         (paper.GREY_TABLE, paper.RATIO_OUTLIER_LOSS, "outlier-loss", "ratio"),
         (paper.GREY_TABLE, paper.FINAL_SCALE, "plain", "final_scale"),
     ),
+    {"shapes": "Fashion-MNIST", "digits-rgb": "MNIST"},
 )
 MODEL_ROWS: dict[ModelKind, str] = dict(zip(MODEL_KINDS, paper.LOCAL_SEMANTIC_ROWS, strict=True))
 
@@ -227,6 +235,12 @@ def serra_aurocs(evaluation: EvalSets, fine: torch.Tensor, ood_name: str) -> dic
     return {name: auroc_percent(values[~is_ood], {name: values[is_ood]})[name] for name, values in scores.items()}
 
 
+def tables_data(config: InvGlowConfig) -> list[DataNeed]:
+    """Every set of every group and the Tiny subset: each pretraining reads them all before it trains."""
+    sets = [need for group in groups(config) for need in set_needs(group_config(config, group))]
+    return [*sets, *tiny_needs(config)]
+
+
 def tables_cells(config: InvGlowConfig) -> list[Cell]:
     """A Tiny pretraining cell per group and seed, then a finetuning cell per set, variant and seed needing it."""
     found = [
@@ -250,20 +264,38 @@ def tables_cells(config: InvGlowConfig) -> list[Cell]:
     return found
 
 
-def _row(values: Sequence[float], table: str, row: str, column: str, seeds: tuple[int, ...], note: str) -> ResultRow:
-    """Mean and :data:`SPREAD` of one value over the seeds, beside the published one."""
-    published = paper.published(table, row, column)
-    return summary_row(
-        values, SPREAD, published, paper=PAPER_NAME, table=table, row=row, column=column, seeds=seeds, note=note
-    )
+def row_label(config: InvGlowConfig, row: str) -> str:
+    """The paper's ``row`` as it ran under ``config``: the side of the final scale and the local Glow's patches and
+    image size are the configuration's (the demo's 16×16 images have a 2×2 final scale and 4×4 patches)."""
+    size = config.glow.image_size
+    if row == paper.FINAL_SCALE:
+        return paper.final_scale_row(size // 2**config.glow.n_scales)
+    if row == paper.LOCAL_GLOW:
+        return paper.local_glow_row(config.local_semantic.patch_size, size)
+    return row
+
+
+def demo_data(config: InvGlowConfig, group: Group, pretrained: bool = True) -> str:
+    """Which data stood in for which in ``group``'s tables: its in-distribution sets and, for models pretrained on
+    Tiny (``pretrained``), the generated Tiny set; "" at the paper scale."""
+    pairs = [(name, group.stands_for.get(name, name)) for name in group_config(config, group).data.in_distribution]
+    if pretrained and config.scale == "demo":
+        pairs.append(DEMO_TINY)
+    return stand_in_note(pairs)
+
+
+def _row(config: InvGlowConfig, values: Sequence[float], table: str, row: str, column: str, note: str) -> ResultRow:
+    """Mean and :data:`SPREAD` of one value over the seeds, beside the published one, labelled by :func:`row_label`."""
+    where = {"paper": PAPER_NAME, "table": table, "column": column, "seeds": config.seeds, "note": note}
+    return summary_row(values, SPREAD, paper.published(table, row, column), row=row_label(config, row), **where)
 
 
 def tables_table(config: InvGlowConfig, results: Mapping[str, Mapping[str, Any]]) -> list[ResultRow]:
     """The unsupervised, supervised and grey AUROC tables and the Serra et al. baseline."""
-    note = "" if config.scale == "paper" else DEMO_STAND_INS
     rows = []
     for group in groups(config):
         sets = group_config(config, group)
+        note = demo_data(config, group)
         for in_name in sets.data.in_distribution:
             for ood_name in ood_names(sets, in_name):
                 for table, row, variant, kind in group.rows:
@@ -271,7 +303,7 @@ def tables_table(config: InvGlowConfig, results: Mapping[str, Mapping[str, Any]]
                         results[finetune_id(group, in_name, variant, s)][f"AUROC-{kind}/{ood_name}"]
                         for s in config.seeds
                     ]
-                    rows.append(_row(values, table, row, f"{in_name} → {ood_name}", config.seeds, note))
+                    rows.append(_row(sets, values, table, row, f"{in_name} → {ood_name}", note))
             if _has_serra(group, sets, in_name, "plain"):
                 rows += _serra_rows(config, [results[finetune_id(group, in_name, "plain", s)] for s in config.seeds])
     return rows
@@ -282,8 +314,8 @@ def _serra_rows(config: InvGlowConfig, results: list[Mapping[str, Any]]) -> list
     for row, name in ((paper.SERRA_S, "serra/S"), (paper.SERRA_PNG, "serra/PNG")):
         values = [result[name] for result in results]
         for column in (paper.ORIGINAL_CODE, paper.SERRA_PAPER):
-            note = paper.SERRA_SOURCES[(row, column)]
-            rows.append(_row(values, paper.SERRA_TABLE, row, column, config.seeds, note))
+            note = join_notes(demo_data(config, RGB), paper.SERRA_SOURCES[(row, column)])
+            rows.append(_row(config, values, paper.SERRA_TABLE, row, column, note))
     return rows
 
 
@@ -358,10 +390,7 @@ def local_semantic_cells(config: InvGlowConfig) -> list[Cell]:
 
 def local_semantic_table(config: InvGlowConfig, results: Mapping[str, Mapping[str, Any]]) -> list[ResultRow]:
     """Per model: AUROC per (in → OOD) pair, Spearman ρ with the full Glow (local and dense), test bits/dim."""
-    patch, size = config.local_semantic.patch_size, config.glow.image_size
-    note = paper.NOT_RETRIEVED
-    if config.scale == "demo":
-        note = f"{DEMO_STAND_INS}; local Glow: {patch}×{patch} patches at {size}×{size}; {paper.NOT_RETRIEVED}"
+    note = join_notes(demo_data(config, RGB, pretrained=False), paper.NOT_RETRIEVED)
     rows = []
     for in_name in config.data.in_distribution:
         for kind, row in MODEL_ROWS.items():
@@ -372,7 +401,7 @@ def local_semantic_table(config: InvGlowConfig, results: Mapping[str, Mapping[st
             columns[f"{in_name}: test bits/dim"] = "bpd"
             for column, name in columns.items():
                 values = [result[name] for result in seed_results]
-                rows.append(_row(values, paper.LOCAL_SEMANTIC_TABLE, row, column, config.seeds, note))
+                rows.append(_row(config, values, paper.LOCAL_SEMANTIC_TABLE, row, column, note))
     return rows
 
 
@@ -398,16 +427,18 @@ PAPER = Paper(
             cpu_threads=cpu_threads,
             data_parallel=True,
             global_batches=global_batches,
+            data=tables_data,
         ),
         Experiment(
             "local_vs_semantic",
-            "full, local (8×8 patches) and dense Glow from scratch per set: raw AUROC, Spearman ρ, bits/dim",
+            "full, local (16 patches) and dense Glow from scratch per set: raw AUROC, Spearman ρ, bits/dim",
             configure,
             local_semantic_cells,
             local_semantic_table,
             cpu_threads=cpu_threads,
             data_parallel=True,
             global_batches=global_batches,
+            data=set_needs,
         ),
     ),
 )

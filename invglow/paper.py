@@ -22,7 +22,20 @@ LOCAL_SEMANTIC_TABLE = "local vs semantic: raw-likelihood AUROC (%), Spearman ρ
 RAW = "raw likelihood"
 RATIO = "likelihood ratio to Tiny"
 RATIO_OUTLIER_LOSS = "ratio to Tiny + outlier loss"
-FINAL_SCALE = "final-scale (4×4) contribution"
+
+
+def final_scale_row(side: int) -> str:
+    """The final-scale row of a Glow whose last scale is ``side`` × ``side`` (4 × 4 in the paper)."""
+    return f"final-scale ({side}×{side}) contribution"
+
+
+def local_glow_row(patch: int, size: int) -> str:
+    """The local Glow's row: ``patch`` × ``patch`` patches of ``size`` × ``size`` images (8 × 8 of 32 × 32 in the
+    paper, 16 patches)."""
+    return f"local Glow ({(size // patch) ** 2} patches, {patch}×{patch} at {size}×{size})"
+
+
+FINAL_SCALE = final_scale_row(4)
 # The margin loss is the baseline the paper compares with (its ref. [3]); the original scores every finetuned model,
 # this one too, with the ratio to Tiny. The raw-likelihood row (the outlier-exposure baseline's own score) is ours.
 MARGIN_LOSS = "margin outlier loss, ratio to Tiny"
@@ -32,7 +45,7 @@ SUPERVISED_RATIO = "class-conditional Glow + outlier loss, ratio to Tiny"
 SUPERVISED_ROWS = (SUPERVISED_RATIO,)
 GREY_ROWS = (RAW, RATIO, RATIO_OUTLIER_LOSS, FINAL_SCALE)
 FULL_GLOW = "full Glow"
-LOCAL_GLOW = "local Glow (16 patches, 8×8 at 32×32)"
+LOCAL_GLOW = local_glow_row(8, 32)
 DENSE_GLOW = "dense (fully connected) Glow"
 LOCAL_SEMANTIC_ROWS = (FULL_GLOW, LOCAL_GLOW, DENSE_GLOW)
 _TABLE_ROWS = {

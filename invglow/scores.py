@@ -118,6 +118,15 @@ def serra_scores(fine: torch.Tensor, images: torch.Tensor, as_original: bool = F
     return Scores(scores.values - png_bits_per_dim(images, as_original), scores.non_finite)
 
 
+def score_kinds(fine: torch.Tensor, base: torch.Tensor | None) -> list[ScoreKind]:
+    """The score kinds of these log-densities: ``ratio`` needs the base model's, ``final_scale`` several scales."""
+    return [
+        kind
+        for kind in SCORE_KINDS
+        if (base is not None or kind != "ratio") and (fine.shape[1] > 1 or kind != "final_scale")
+    ]
+
+
 def auroc_percent(in_distribution: np.ndarray, ood_sets: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The AUROC (%, as the paper prints) of in-distribution vs each OOD set's outlier scores, by set name; the
     in-distribution scores are sorted once for all sets (``common.metrics.ood_metrics_per_set``)."""
@@ -151,14 +160,9 @@ def evaluate_sets(
     ids = set_ids.cpu().numpy()
     if not (ids == 0).any():
         raise ValueError("set_ids: no in-distribution images (id 0) to compare the OOD sets with")
-    kinds = [
-        kind
-        for kind in SCORE_KINDS
-        if (base is not None or kind != "ratio") and (fine.shape[1] > 1 or kind != "final_scale")
-    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # counted in "non_finite" instead of one warning per score kind
-        all_scores = {kind: anomaly_scores(kind, fine, base) for kind in kinds}
+        all_scores = {kind: anomaly_scores(kind, fine, base) for kind in score_kinds(fine, base)}
     if all_scores["raw"].non_finite:
         warnings.warn(
             f"{all_scores['raw'].non_finite} of {len(ids)} likelihoods are not finite; scored as most anomalous",

@@ -10,10 +10,11 @@ plus the softmax reference model; 16 epochs at lr 1e-2, so that the embeddings c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from common.cells import Settings
+from common.overrides import dataset_field
 from mchad.losses import Normalization
 from mchad.scores import PredictBy, ScoreKind
 
@@ -113,7 +114,7 @@ class DatasetConfig:
     """
 
     name: str
-    source: str
+    source: str = field(metadata=dataset_field("train", "test"))
     n_classes: int
     image_size: int
     in_channels: int
@@ -123,8 +124,8 @@ class DatasetConfig:
     max_batches: int | None = 392
     crop_padding: int = 4
     flip: bool = True
-    ood_sets: tuple[tuple[str, str], ...] = PAPER_OOD_SETS
-    source_options: tuple[tuple[str, object], ...] = ()
+    ood_sets: tuple[tuple[str, str], ...] = field(default=PAPER_OOD_SETS, metadata=dataset_field("test"))
+    source_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class TrainConfig:
     widen_factor: int = 2
     dropout: float = 0.3
     pretrained: bool = True
-    outlier_source: str = "tiny-images-300k"
+    outlier_source: str = field(default="tiny-images-300k", metadata=dataset_field("train"))
     outlier_train_fraction: float = 0.9
     noise_count: int = 10_000
     outlier_count: int | None = None

@@ -44,6 +44,7 @@ from mchad.scores import predict, score
 
 Objective = Callable[[CenterNet, CenterOutput, torch.Tensor], LossTerms]
 OUTPUTS = "outputs"  # the evaluator's CollectTensors metric: labels, embeddings and scores of every test image
+ID_TEST = "ID test"  # the in-distribution test set in tensorboard tags and plots
 EMBEDDING_POINTS = 2000  # points written to tensorboard's projector
 
 
@@ -302,8 +303,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``method`` on ``dataset`` with ``seed`` and test the final weights, as the original (mchad.md §2.2).
 
-    Tensorboard events and checkpoints go to ``folder``; the training continues from the newest intact checkpoint
-    found there, and one that had finished is only tested again. ``cache`` shares images between trainings.
+    Tensorboard events, checkpoints and the final test's ``roc-<set>.png`` / ``hist-<set>.png`` go to ``folder``; the
+    training continues from the newest intact checkpoint found there, and one that had finished is only tested
+    again. ``cache`` shares images between trainings.
 
     Under ``ignite.distributed`` every rank calls ``fit`` with the same arguments (``device`` = ``idist.device()``):
     the batch sizes of ``train`` are global, each rank trains on its block of every batch through DDP, and the run
@@ -347,11 +349,32 @@ def fit(
             trainer.run(data.train, max_epochs=dataset.epochs)
         if "accuracy" not in evaluator.state.metrics:  # resumed after the last evaluation: test the final weights
             evaluator.run(data.evaluation)
+        if handlers.tb_logger is not None:  # rank 0
+            outputs = evaluator.state.metrics[OUTPUTS]
+            write_score_plots(outputs, method, data.ood_names, folder, handlers.tb_logger, trainer.state.epoch)
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
     metrics = {name: value for name, value in evaluator.state.metrics.items() if name != OUTPUTS}
     return {**metrics, **training_counts(trainer)}
+
+
+def write_score_plots(
+    outputs: dict[str, torch.Tensor],
+    method: MethodConfig,
+    ood_names: Sequence[str],
+    folder: Path,
+    tb_logger: TensorboardLogger,
+    step: int,
+) -> None:
+    """``roc-<set>.png`` and ``hist-<set>.png`` in ``folder`` for every OOD set against the ID test set, each score
+    kind of ``method`` a curve / panel, also logged to tensorboard (``common.plots.write_score_plots``)."""
+    from common import plots  # matplotlib loads only when a cell plots
+
+    labels = outputs["labels"]
+    set_ids = torch.where(labels >= 0, 0, -labels)  # label −(k + 1) marks OOD set k, set k + 1 of the plots
+    scores = {kind: outputs[f"score/{kind}"] for kind in method.scores}
+    plots.write_score_plots(folder, scores, set_ids, (ID_TEST, *ood_names), tb_logger, step)
 
 
 def collected(output: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -379,7 +402,7 @@ def log_test_extras(
     names = [name for name, _ in dataset.ood_sets]
     for kind in method.scores:
         scores = outputs[f"score/{kind}"]
-        log_histogram(tb_logger, f"scores/{kind}/ID test", scores[known], step)
+        log_histogram(tb_logger, f"scores/{kind}/{ID_TEST}", scores[known], step)
         for k, name in enumerate(names):
             ood = labels == -(k + 1)
             log_histogram(tb_logger, f"scores/{kind}/{name}", scores[ood], step)

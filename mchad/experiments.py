@@ -15,9 +15,19 @@ from functools import partial
 from typing import Any
 
 from common.cells import Cell, Experiment, Paper, RunContext, id_part
-from common.results import ResultRow, Spread, summary_row
-from mchad import paper
-from mchad.config import DatasetConfig, MainTableConfig, MethodConfig, configure
+from common.datasets.svhn import split_file
+from common.preflight import DataNeed, DatasetNeed, FileNeed
+from common.results import ResultRow, Spread, stand_in_note, summary_row
+from mchad import paper, pretrained
+from mchad.config import (
+    HELD_OUT_DIGITS,
+    PAPER_OOD_SETS,
+    PAPER_TRAIN,
+    DatasetConfig,
+    MainTableConfig,
+    MethodConfig,
+    configure,
+)
 from mchad.cost import cell_cost
 from mchad.data import ImageCache
 from mchad.engine import fit
@@ -101,6 +111,25 @@ def cells(config: MainTableConfig) -> list[Cell]:
     ]
 
 
+def data(config: MainTableConfig) -> list[DataNeed]:
+    """The files the cells read: a dataset's cells its ID set (training and test split) and OOD sets, the
+    G-variants also the outlier set, and every training the pretrained WRN-40-2 it starts from (if it does)."""
+    needs: list[DataNeed] = []
+    for dataset in config.datasets:
+        prefix = f"{NAME}/{EXPERIMENT}/{slug(dataset.name)}"
+        id_files = tuple(map(split_file, ("train", "test"))) if dataset.source == "svhn" else ()
+        needs.append(DatasetNeed(dataset.source, id_files, (f"{prefix}/*",)))
+        ood = [source for _, source in dataset.ood_sets if source != HELD_OUT_DIGITS]  # held out: the ID digits
+        needs += [DatasetNeed(source, cells=(f"{prefix}/*",)) for source in ood]
+        outliers = tuple(f"{prefix}/{slug(m.name)}/*" for m in config.methods[dataset.name] if m.outliers)
+        if outliers:
+            needs.append(DatasetNeed(config.train.outlier_source, cells=outliers))
+    if config.train.pretrained:
+        path = pretrained.pretrained_path()
+        needs.append(FileNeed(path, "pretrained WRN-40-2", pretrained.how_to_get(path)))
+    return needs
+
+
 def table(config: MainTableConfig, results: Mapping[str, Mapping[str, Any]]) -> list[ResultRow]:
     """The main-table rows and the per-OOD-set AUROC rows of every (dataset, method)."""
     rows = []
@@ -116,8 +145,7 @@ def method_rows(
 ) -> list[ResultRow]:
     """The rows of one (dataset, method) from the values of its cells, one per seed."""
     rows = []
-    analogue = config.paper_analogue[dataset.name]
-    note = "" if analogue == dataset.name else f"paper value: {analogue} row (demo analogue)"
+    analogue, note = config.paper_analogue[dataset.name], demo_data(config, dataset)
     for kind in method.scores:
         label = method.name if len(method.scores) == 1 else f"{method.name} ({kind})"
         where = {"paper": NAME, "row": paper.row_name(dataset.name, label), "seeds": config.seeds}
@@ -133,9 +161,26 @@ def method_rows(
             aurocs = [result["scores"][kind][name]["AUROC"] for result in results]
             published = paper.published(paper.PER_SET_TABLE_NAME, where["row"], name)
             rows.append(
-                summary_row(aurocs, PER_SET_SPREAD, published, table=paper.PER_SET_TABLE_NAME, column=name, **where)
+                summary_row(
+                    aurocs, PER_SET_SPREAD, published, table=paper.PER_SET_TABLE_NAME, column=name, note=note, **where
+                )
             )
     return rows
+
+
+def demo_data(config: MainTableConfig, dataset: DatasetConfig) -> str:
+    """Which data stood in for which in ``dataset``'s rows: the dataset for the one whose published rows are printed
+    beside them, its OOD sets the paper has not for those it lacks, and the G-variants' training outliers; "" when
+    the paper's data ran."""
+    paper_sets = [name for name, _ in PAPER_OOD_SETS]
+    extra = [name for name, _ in dataset.ood_sets if name not in paper_sets]
+    missing = [name for name in paper_sets if name not in dict(dataset.ood_sets)]
+    pairs = [(dataset.name, config.paper_analogue[dataset.name])]
+    if extra and missing:
+        pairs.append((" and ".join(extra), "/".join(missing)))
+    if any(method.outliers for method in config.methods[dataset.name]):
+        pairs.append((f"{config.train.outlier_source} outliers", f"{PAPER_TRAIN.outlier_source} outliers"))
+    return stand_in_note(pairs)
 
 
 PAPER = Paper(
@@ -155,6 +200,7 @@ PAPER = Paper(
                 "train.batch_size": config.train.batch_size,
                 "train.outlier_batch_size": config.train.outlier_batch_size,
             },
+            data=data,
         ),
     ),
 )

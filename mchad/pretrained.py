@@ -30,6 +30,15 @@ def pretrained_path() -> Path:
     return folder_locations.weights_root() / PRETRAINED_FILE
 
 
+def how_to_get(path: Path) -> str:
+    """Where the pretrained file comes from and how to put it at ``path``."""
+    return (
+        f"Download {PRETRAINED_URL} (WRN-40-2 pretrained on 32×32 ImageNet without the CIFAR-10 classes, "
+        f"Hendrycks et al. 2019) and save it as {path}, or set OOD_REPRO_WEIGHTS to the folder holding "
+        f"{PRETRAINED_FILE}."
+    )
+
+
 def load_pretrained(model: WideResNet, path: Path | None = None) -> WideResNet:
     """Copy the pretrained WRN-40-2 weights into ``model`` (all but the ``fc`` head) and return it.
 
@@ -43,12 +52,7 @@ def load_pretrained(model: WideResNet, path: Path | None = None) -> WideResNet:
     """
     path = pretrained_path() if path is None else Path(path)
     if not path.is_file():
-        raise MissingDataError(
-            path,
-            f"Download {PRETRAINED_URL} (WRN-40-2 pretrained on 32×32 ImageNet without the CIFAR-10 classes, "
-            f"Hendrycks et al. 2019) and save it as {path}, or set OOD_REPRO_WEIGHTS to the folder holding "
-            f"{PRETRAINED_FILE}.",
-        )
+        raise MissingDataError(path, how_to_get(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:

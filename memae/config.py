@@ -10,10 +10,11 @@ networks of the same style, a higher learning rate and few epochs, so that it ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.cells import Settings
+from common.overrides import dataset_field
 from memae.losses import ENTROPY_WEIGHT
 from memae.memory import DEFAULT_RESIZE_RULE, check_resize_rule
 
@@ -66,7 +67,7 @@ class DataConfig:
     """A dataset through ``common.datasets.load`` and the paper column it stands for."""
 
     column: str  # the manuscript's column, e.g. "MNIST"
-    name: str  # common.datasets name
+    name: str = field(metadata=dataset_field("train", "test"))  # common.datasets name
     architecture: str  # key of memae.models.ARCHITECTURES
     options: tuple[tuple[str, Any], ...] = ()  # load options, e.g. (("size", 28),)
     classes: tuple[int, ...] = tuple(range(10))

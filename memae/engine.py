@@ -9,7 +9,7 @@ trained model to the cells that fine-tune it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,12 @@ from common.handlers import (
     count_skipped_steps,
     finite_step,
     log_histogram,
-    log_images,
+    log_image,
     setup_handlers,
     training_counts,
 )
 from common.loaders import TensorBatchLoader
-from common.metrics import OODMetrics
+from common.metrics import CollectTensors, OODMetrics
 from memae.config import TrainConfig
 from memae.data import denormalise
 from memae.losses import memae_loss
@@ -42,6 +42,10 @@ from memae.scores import anomaly_scores
 
 GRID_IMAGES = 16  # inputs / reconstructions shown per evaluation
 GRID_SLOTS = 32  # decoded memory slots shown per memory
+GRID_COLUMNS = 8  # images per row of every grid
+SCORES = "scores"  # the evaluator's CollectTensors metric: every test image's score and is_anomalous
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+MEMORY_SLOTS_FILE = "memory-slots.png"
 
 
 def memory_indices(labels: torch.Tensor, group: Sequence[int]) -> torch.Tensor:
@@ -128,7 +132,8 @@ def create_evaluator(
     known_condition: bool = True,
     selection: str = "sum",
 ) -> Engine:
-    """Evaluator of the one-class test set of ``normal_class``: the ``common.metrics`` keys (AUROC, ...).
+    """Evaluator of the one-class test set of ``normal_class``: the ``common.metrics`` keys (AUROC, ...), and
+    :data:`SCORES`, every test image's ``score`` and ``is_anomalous`` (for the plots).
 
     Args:
         model: the autoencoder; scored with :func:`memae.scores.anomaly_scores` (higher = more anomalous).
@@ -164,6 +169,7 @@ def create_evaluator(
 
     evaluator = Engine(step)
     OODMetrics(output_transform=lambda o: (o["score"], o["is_anomalous"])).attach(evaluator, "ood")
+    CollectTensors(lambda o: {"score": o["score"], "is_anomalous": o["is_anomalous"]}).attach(evaluator, SCORES)
     if conditional and not known_condition:
         SelectionAccuracy(output_transform=lambda o: (o["selection"], o["expected"])).attach(
             evaluator, "selection_accuracy"
@@ -190,16 +196,22 @@ def decode_slots(model: Autoencoder, memory: MemoryModule, latent_size: tuple[in
 
 
 def attach_diagnostics(
-    evaluator: Engine, trainer: Engine, model: Autoencoder, tb_logger: TensorboardLogger | None, tag: str
+    evaluator: Engine,
+    model: Autoencoder,
+    folder: Path,
+    tb_logger: TensorboardLogger | None,
+    tag: str,
+    step: Callable[[], int],
 ) -> None:
-    """After each evaluation log input / reconstruction grids, addressing weights and memory usage.
+    """After each evaluation save and log input / reconstruction grids and decoded memory slots, addressing weights
+    and memory usage.
 
-    Written under ``<tag>/``: ``input``, ``reconstruction`` (first batch), ``addressing_weights`` (histogram of
-    the first batch's ŵ), ``slots_used`` (slots with a non-zero weight for some test query) and
-    ``memory_<i>_slots`` (decoded slots).
+    Saved in ``folder`` (grids enlarged to at least 256 pixels a side): :data:`RECONSTRUCTIONS_FILE` (the first
+    batch's inputs above their reconstructions) and :data:`MEMORY_SLOTS_FILE` (the decoded slots, a block of rows
+    per memory; models with a memory only). Logged under ``<tag>/`` at ``step()`` if ``tb_logger`` is given:
+    ``input``, ``reconstruction``, ``addressing_weights`` (histogram of the first batch's ŵ), ``slots_used`` (slots
+    with a non-zero weight for some test query) and ``memory_<i>_slots``.
     """
-    if tb_logger is None:
-        return
     seen: dict[str, Any] = {}
 
     def collect(engine: Engine) -> None:
@@ -211,19 +223,36 @@ def attach_diagnostics(
             seen["used"] = used if seen["used"] is None else seen["used"] | used
 
     def write(_: Engine) -> None:
-        step, first = trainer.state.epoch, seen["first"]
-        log_images(tb_logger, f"{tag}/input", denormalise(first["images"][:GRID_IMAGES]), step)
-        log_images(tb_logger, f"{tag}/reconstruction", denormalise(first["reconstruction"][:GRID_IMAGES]), step)
-        if first["attention"] is not None:
-            log_histogram(tb_logger, f"{tag}/addressing_weights", first["attention"], step)
-            tb_logger.writer.add_scalar(f"{tag}/slots_used", int(seen["used"].sum()), step)
+        from common import plots  # matplotlib loads only when a cell plots
+
+        epoch, first = step(), seen["first"]
+        inputs, reconstructions = (denormalise(first[key][:GRID_IMAGES]) for key in ("images", "reconstruction"))
+        log_image(tb_logger, f"{tag}/input", plots.visible_grid([inputs], GRID_COLUMNS), epoch)
+        log_image(tb_logger, f"{tag}/reconstruction", plots.visible_grid([reconstructions], GRID_COLUMNS), epoch)
+        plots.save_png(plots.visible_grid([inputs, reconstructions], GRID_COLUMNS), folder / RECONSTRUCTIONS_FILE)
+        if first["attention"] is not None and tb_logger is not None:
+            log_histogram(tb_logger, f"{tag}/addressing_weights", first["attention"], epoch)
+            tb_logger.writer.add_scalar(f"{tag}/slots_used", int(seen["used"].sum()), epoch)
         latent_size = tuple(model.encoder(first["images"][:1]).shape[2:])
-        for index, memory in enumerate(memories_of(model)):
-            slots = denormalise(decode_slots(model, memory, latent_size))
-            log_images(tb_logger, f"{tag}/memory_{index}_slots", slots, step)
+        slots = [denormalise(decode_slots(model, memory, latent_size)) for memory in memories_of(model)]
+        for index, decoded in enumerate(slots):
+            log_image(tb_logger, f"{tag}/memory_{index}_slots", plots.visible_grid([decoded], GRID_COLUMNS), epoch)
+        if slots:
+            plots.save_png(plots.visible_grid(slots, GRID_COLUMNS), folder / MEMORY_SLOTS_FILE)
 
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
     evaluator.add_event_handler(Events.COMPLETED, write)
+
+
+def write_score_plots(evaluation: Evaluation, folder: Path, tb_logger: TensorboardLogger | None, step: int) -> None:
+    """``roc-<name>.png`` and ``hist-<name>.png`` in ``folder``: the normal test images against the anomalies of
+    ``evaluation`` (its last run), also logged to tensorboard if given (``common.plots.write_score_plots``)."""
+    from common import plots  # matplotlib loads only when a cell plots
+
+    collected = evaluation.engine.state.metrics[SCORES]
+    scores = {"reconstruction error": collected["score"]}
+    names = ("normal", evaluation.name)
+    plots.write_score_plots(folder, scores, collected["is_anomalous"].long(), names, tb_logger, step)
 
 
 @dataclass(frozen=True)
@@ -270,10 +299,12 @@ def fit(
     Args:
         model: the autoencoder, on the loaders' device.
         train_data: training batches; None evaluates the model as it is (the "freeze" few-shot strategy).
-        evaluations: run every ``train.eval_every`` epochs and after the last one; the first also logs images.
+        evaluations: run every ``train.eval_every`` epochs and after the last one; the first also saves and logs
+            images (:func:`attach_diagnostics`); each writes the score plots of its last run
+            (:func:`write_score_plots`).
         train: epochs, learning rate, evaluation and checkpoint periods.
         entropy_weight: α, the entropy weight of the objective.
-        folder: this training's folder (tensorboard events, ``checkpoints/``).
+        folder: this training's folder (tensorboard events, ``checkpoints/``, the PNG files).
         seed: seed of the epoch reseeding (``common.run.make_reproducible``).
         group: target group of a conditional model.
         progress: show progress bars.
@@ -284,8 +315,11 @@ def fit(
         (``common.handlers.training_counts``; none without training data).
     """
     if train_data is None:
+        if evaluations:
+            attach_diagnostics(evaluations[0].engine, model, folder, None, evaluations[0].name, lambda: 0)
         for evaluation in evaluations:
             evaluation.engine.run(evaluation.data)
+            write_score_plots(evaluation, folder, None, 0)
         return {**{e.name: metric_values(e.engine) for e in evaluations}, TRAINING: {"steps": 0, "skipped_steps": 0}}
     optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
     trainer = create_trainer(model, optimizer, entropy_weight, group, freeze_batchnorm)
@@ -306,13 +340,16 @@ def fit(
     if train.epochs % train.checkpoint_every:  # checkpoint the last epoch too: a finished training is not rerun
         trainer.add_event_handler(Events.COMPLETED, handlers.checkpoint)
     if evaluations:
-        attach_diagnostics(evaluations[0].engine, trainer, model, handlers.tb_logger, evaluations[0].name)
+        first = evaluations[0]
+        attach_diagnostics(first.engine, model, folder, handlers.tb_logger, first.name, lambda: trainer.state.epoch)
     try:
         if trainer.state.epoch >= train.epochs:  # a finished training restored from its last checkpoint
             for evaluation in evaluations:
                 evaluation.engine.run(evaluation.data)
         else:
             trainer.run(train_data, max_epochs=train.epochs)
+        for evaluation in evaluations:
+            write_score_plots(evaluation, folder, handlers.tb_logger, trainer.state.epoch)
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()

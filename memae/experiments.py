@@ -29,7 +29,8 @@ import folder_locations
 from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets import ImageSet, load
 from common.loaders import TensorBatchLoader
-from common.results import ResultRow, Spread, summary_row
+from common.preflight import DataNeed, DatasetNeed
+from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
 from common.smoke import evaluation_subset
 from memae import paper
@@ -130,24 +131,37 @@ def _train_one_class(
     return {**metrics["test"], **metrics[TRAINING]}, model
 
 
-def _row(config: MemAEConfig, table: str, row: str, column: str, fractions: Sequence[float], note: str) -> ResultRow:
-    """A table cell in percent: the mean over seeds of ``fractions`` (one per seed) ± their std over seeds."""
+def _row(
+    config: MemAEConfig, table: str, row: str, data: DataConfig, suffix: str, fractions: Sequence[float]
+) -> ResultRow:
+    """A table cell in percent: the mean over seeds of ``fractions`` (one per seed) ± their std over seeds.
+
+    Its column is :func:`column_label` of ``data`` + ``suffix``; its published value that of the paper's column.
+    """
     return summary_row(
         [100.0 * float(value) for value in fractions],
         SPREAD,
-        paper.published(table, row, column),
+        paper.published(table, row, data.column + suffix),
         paper=NAME,
         table=table,
         row=row,
-        column=column,
+        column=column_label(data) + suffix,
         seeds=config.seeds,
-        note=note,
+        note=_data_note(data),
     )
 
 
+def column_label(data: DataConfig) -> str:
+    """The column of ``data`` in our tables: the paper's ("MNIST") where its data ran, else the data's ("digits")."""
+    return data.column if data.name == paper.DATASETS.get(data.column) else data.name
+
+
 def _data_note(data: DataConfig) -> str:
+    """What stood in for the paper's column, then the data's options and the network's input shape."""
     options = ", ".join(f"{key}={value}" for key, value in data.options)
-    return f"{data.name}{f' ({options})' if options else ''}, {ARCHITECTURES[data.architecture].input_shape} input"
+    shape = ARCHITECTURES[data.architecture].input_shape
+    stand_in = stand_in_note([(column_label(data), data.column)])
+    return join_notes(stand_in, f"{data.name}{f' ({options})' if options else ''}, {shape} input")
 
 
 # --------------------------------------------------------------------------------------------- image table
@@ -164,6 +178,13 @@ def image_memory(setting: ImageSetting, label: str) -> MemoryConfig:
 def _image_cell(setting: ImageSetting, label: str, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
     memory = image_memory(setting, label)
     return _train_one_class(ctx, setting.data, IMAGE_VARIANTS[label], memory, setting.train, c, seed)[0]
+
+
+def image_data(config: MemAEConfig) -> list[DataNeed]:
+    """The dataset of each column, read by the column's cells."""
+    return [
+        DatasetNeed(s.data.name, cells=(f"{NAME}/image_table/{id_part(s.data.column)}/*",)) for s in config.image_table
+    ]
 
 
 def image_cells(config: MemAEConfig) -> list[Cell]:
@@ -185,18 +206,16 @@ def image_table(config: MemAEConfig, results: Mapping[str, Mapping[str, Any]]) -
     """MemAE's image table (AUROC, mean over the classes), the other metrics and the per-class AUROCs."""
     rows = []
     for setting in config.image_table:
-        data, note = setting.data, _data_note(setting.data)
+        data = setting.data
         for label in IMAGE_VARIANTS:
             per_seed = [[results[image_cell_id(setting, label, c, s)] for c in data.classes] for s in config.seeds]
-            rows.append(
-                _row(config, paper.IMAGE_TABLE, label, data.column, [_mean(m, "AUROC") for m in per_seed], note)
-            )
+            rows.append(_row(config, paper.IMAGE_TABLE, label, data, "", [_mean(m, "AUROC") for m in per_seed]))
             for key in EXTRA_METRICS:
                 values = [_mean(m, key) for m in per_seed]
-                rows.append(_row(config, OTHER_METRICS_TABLE, label, f"{data.column} {key}", values, note))
+                rows.append(_row(config, OTHER_METRICS_TABLE, label, data, f" {key}", values))
             for index, c in enumerate(data.classes):
                 values = [m[index]["AUROC"] for m in per_seed]
-                rows.append(_row(config, PER_CLASS_TABLE, label, f"{data.column} {c}", values, note))
+                rows.append(_row(config, PER_CLASS_TABLE, label, data, f" {c}", values))
     return rows
 
 
@@ -333,6 +352,11 @@ def _few_shot_cell(
     return {**metrics["test"], **metrics[TRAINING]}
 
 
+def conditional_data(config: MemAEConfig) -> list[DataNeed]:
+    """The dataset of each setting, read by the setting's cells."""
+    return [DatasetNeed(s.data.name, cells=(f"{_prefix(s)}/*",)) for s in config.conditional]
+
+
 def conditional_cells(config: MemAEConfig) -> list[Cell]:
     """Per seed: a MemAE per grouped class, a C-MemAE and a conditional AE per group, every few-shot run."""
     found = []
@@ -388,7 +412,7 @@ def conditional_table(config: MemAEConfig, results: Mapping[str, Mapping[str, An
 def _conditional_rows(
     config: MemAEConfig, setting: ConditionalSetting, results: Mapping[str, Mapping[str, Any]]
 ) -> list[ResultRow]:
-    column, note, seeds = setting.data.column, _data_note(setting.data), config.seeds
+    data, seeds = setting.data, config.seeds
 
     def group_mean(variant: str, mode: str, metric: str, seed: int) -> float:
         """The mean over every grouped class of ``metric`` of its ``<mode>_<class>`` evaluation."""
@@ -401,21 +425,21 @@ def _conditional_rows(
 
     single = [_mean([results[single_cell_id(setting, c, s)] for c in _grouped_classes(setting)], "AUROC")
               for s in seeds]  # fmt: skip
-    rows = [_row(config, CONDITIONAL_TABLE, "MemAE, one model per class", f"{column} AUROC", single, note)]
+    rows = [_row(config, CONDITIONAL_TABLE, "MemAE, one model per class", data, " AUROC", single)]
     for key, label in CONDITIONAL_ROWS.items():
         variant, mode = key.split("_", 1)
         values = [group_mean(variant, mode, "AUROC", s) for s in seeds]
-        rows.append(_row(config, CONDITIONAL_TABLE, label, f"{column} AUROC", values, note))
+        rows.append(_row(config, CONDITIONAL_TABLE, label, data, " AUROC", values))
     for mode, label in SELECTION_ROWS.items():
         values = [group_mean("cmemae", mode, "selection_accuracy", s) for s in seeds]
         row = f"C-MemAE self-selection accuracy ({label})"
-        rows.append(_row(config, CONDITIONAL_TABLE, row, f"{column} accuracy", values, note))
+        rows.append(_row(config, CONDITIONAL_TABLE, row, data, " accuracy", values))
     for name, strategy in STRATEGIES.items():
         for shots in setting.few_shot.shots:
             per_seed = [[results[few_shot_cell_id(setting, name, shots, c, s)] for c in setting.few_shot.new_classes]
                         for s in seeds]  # fmt: skip
             values = [_mean(cells, "AUROC") for cells in per_seed]
-            rows.append(_row(config, FEW_SHOT_TABLE, strategy.label, f"{column} k={shots}", values, note))
+            rows.append(_row(config, FEW_SHOT_TABLE, strategy.label, data, f" k={shots}", values))
     return rows
 
 
@@ -430,6 +454,7 @@ PAPER = Paper(
             image_cells,
             image_table,
             cpu_threads=attrgetter("cpu_threads"),
+            data=image_data,
         ),
         Experiment(
             "conditional",
@@ -438,6 +463,7 @@ PAPER = Paper(
             conditional_cells,
             conditional_table,
             cpu_threads=attrgetter("cpu_threads"),
+            data=conditional_data,
         ),
     ),
 )

@@ -13,6 +13,9 @@ from common.results import NOT_PUBLISHED, Published
 IMAGE_TABLE = "Table 1: image one-class AUROC (%), mean over the 10 classes"
 """The MemAE image table (Sec. 4.1); the paper prints fractions, our tables print percent."""
 
+DATASETS = {"MNIST": "mnist", "CIFAR-10": "cifar10"}
+"""Each column's data in the paper, by its ``common.datasets`` name."""
+
 IMAGE_AUROC: dict[tuple[str, str], float] = {
     ("AE", "MNIST"): 0.9619,
     ("AE", "CIFAR-10"): 0.5706,

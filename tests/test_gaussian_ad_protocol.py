@@ -165,7 +165,7 @@ def test_one_cell_runs_with_exactly_its_prerequisites(tmp_path, tiny_demo) -> No
     values = json.loads((run / "bottle/efficientnet-lite0/npca-0.99/result.json").read_text())["values"]
     assert list(values["auroc"]) == [*(f"L{i}" for i in range(1, 10)), "sum"]
     logged = summaries(run / "bottle/efficientnet-lite0/npca-0.99")
-    assert logged["auroc/sum"][0].simple_value == pytest.approx(values["auroc"]["sum"])
+    assert logged["auroc/sum"][0].simple_value == pytest.approx(100 * values["auroc"]["sum"])  # percent, as the tables
     assert {"scores/good", "scores/defective"} <= set(logged)
     augmented = torch.load(run / "augmented-1/efficientnet-lite0/bottle/features.pt", weights_only=True)
     assert augmented["augmented"][8].shape == (1, 5, 1280)

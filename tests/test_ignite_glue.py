@@ -303,6 +303,28 @@ def test_scalar_metrics_keeps_the_numbers_of_nested_metrics() -> None:
     assert scalar_metrics(metrics, "test") == {"test/AUROC": 0.9, "test/ood/AUROC": 0.9, "test/ood/n": 3.0}
 
 
+def test_tensorboard_writes_the_metrics_the_tables_print_in_percent_in_percent(tmp_path: Path) -> None:
+    trainer = Engine(lambda engine, batch: {"loss": 0.5, "accuracy": 0.75})
+    evaluator = Engine(lambda engine, batch: None)
+    metrics = {"AUROC": 0.9, "mse": 0.25, "distance": {"Uniform": {"FPR95TPR": 0.125}}, "AUROC-raw": {"svhn": 91.0}}
+    evaluator.add_event_handler(Events.COMPLETED, lambda engine: engine.state.metrics.update(metrics))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: evaluator.run([0]))
+    tb_logger = setup_tensorboard(tmp_path, trainer, evaluators={"test": evaluator}, log_every=1)
+    trainer.run([0], max_epochs=1)
+    tb_logger.close()
+    logged = {tag: steps[1].simple_value for tag, steps in summaries(tmp_path).items() if 1 in steps}
+    assert logged == pytest.approx(
+        {
+            "train/loss": 0.5,
+            "train/accuracy": 75.0,
+            "test/AUROC": 90.0,
+            "test/mse": 0.25,
+            "test/distance/Uniform/FPR95TPR": 12.5,
+            "test/AUROC-raw/svhn": 91.0,  # already in percent (InvGlow's scores)
+        }
+    )
+
+
 def test_image_grid_places_each_image_in_reading_order() -> None:
     images = torch.arange(5 * 3 * 4 * 6, dtype=torch.uint8).reshape(5, 3, 4, 6)
     grid = image_grid(images, nrow=2, padding=1, pad_value=255)

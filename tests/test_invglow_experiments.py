@@ -122,7 +122,7 @@ def test_shards_give_the_rows_of_an_unsharded_run(tiny_config: InvGlowConfig, tm
     for shard in ("1/2", "2/2"):
         main.run_paper("invglow", ["tables"], main.RunOptions(run_name="r", shard=shard, **common))
     run_dir = tmp_path / "invglow" / "tables" / "r"
-    assert "(run folder:" in main.report(run_dir)
+    assert f"- run folder: {run_dir} (saved " in main.report(run_dir)
     rows = [
         json.loads((tmp_path / "invglow/tables" / name / RESULTS_FILE).read_text())["rows"] for name in ("r", "whole")
     ]
@@ -133,7 +133,7 @@ def test_shards_give_the_rows_of_an_unsharded_run(tiny_config: InvGlowConfig, tm
     assert len(cells) == len(whole) == (6 + 1) * 4 + 4 * 2 + 4
     assert all(0.0 <= row.ours <= 100.0 and row.seeds == (0,) and row.scale == "demo" for row in whole)
     serra = cells[(paper.SERRA_TABLE, paper.SERRA_S, paper.ORIGINAL_CODE)]
-    assert serra.paper_value == 78.4 and serra.note.startswith("original repo")
+    assert serra.paper_value == 78.4 and serra.note.endswith("; original repo notebook output 0.7837")
     assert cells[(paper.SERRA_TABLE, paper.SERRA_PNG, paper.SERRA_PAPER)].paper_value == 7.7
     ratio = cells[(paper.UNSUPERVISED_TABLE, paper.RATIO, "shapes → digits-rgb")]
     result = json.loads((run_dir / "finetune-shapes/plain/seed-0" / CELL_RESULT).read_text())["values"]
@@ -163,10 +163,16 @@ def test_tables_are_the_mean_and_std_over_seeds_beside_the_paper() -> None:
     assert {row.spread_kind for row in rows} == {"std (ddof 0) over seeds"}
     tables = {paper.UNSUPERVISED_TABLE, paper.SUPERVISED_TABLE, paper.GREY_TABLE, paper.SERRA_TABLE}
     assert {row.table for row in rows} == tables
-    assert all(row.note == experiments.DEMO_STAND_INS for row in rows if row.table != paper.SERRA_TABLE)
+    tiny = "generated Tiny-format images for 80M Tiny Images"
+    rgb = "stand-ins: shapes for CIFAR-10, digits-rgb for SVHN"
+    notes = {row.table: row.note for row in rows}
+    assert notes[paper.UNSUPERVISED_TABLE] == notes[paper.SUPERVISED_TABLE] == f"{rgb}, {tiny}"
+    assert notes[paper.GREY_TABLE] == f"stand-ins: shapes for Fashion-MNIST, digits-rgb for MNIST, {tiny}"
+    assert notes[paper.SERRA_TABLE].startswith(f"{rgb}, {tiny}; ")
     local = experiments.local_semantic_table(resolved, _results(resolved, _plus_seed(0.5)))
     assert len(local) == 2 * (3 * 2 + 2 + 3)  # per set: 3 models × 2 pairs, ρ of local and dense, bpd of each
     assert all(row.ours == 3.0 and row.paper_value is None and row.table == paper.LOCAL_SEMANTIC_TABLE for row in local)
+    assert {row.note for row in local} == {f"{rgb}; {paper.NOT_RETRIEVED}"}  # no Tiny model: trained from scratch
     with pytest.raises(KeyError):
         paper.published(paper.UNSUPERVISED_TABLE, "no such row", "cifar10 → svhn")
 
@@ -188,14 +194,24 @@ ROW_SOURCES = {
 }
 
 
+def test_rows_are_labelled_as_they_ran_and_only_demo_tables_name_stand_ins() -> None:
+    assert experiments.row_label(DEMO, paper.FINAL_SCALE) == "final-scale (2×2) contribution"  # 16×16, 3 scales
+    assert experiments.row_label(DEMO, paper.LOCAL_GLOW) == "local Glow (16 patches, 4×4 at 16×16)"
+    labels = [*paper.UNSUPERVISED_ROWS, *paper.LOCAL_SEMANTIC_ROWS]
+    assert [experiments.row_label(config.PAPER, row) for row in labels] == labels
+    assert experiments.demo_data(config.PAPER, experiments.RGB) == experiments.demo_data(config.PAPER, experiments.GREY)
+    assert experiments.demo_data(config.PAPER, experiments.GREY) == ""
+
+
 def test_each_row_reads_its_variant_and_score() -> None:
     resolved = dataclasses.replace(TINY, scale="demo")
     counter = itertools.count()
     results = _results(resolved, lambda *_: float(next(counter)))  # a different value in every cell
     rows = [row for row in experiments.tables_table(resolved, results) if row.table != paper.SERRA_TABLE]
-    assert {(row.table, row.row) for row in rows} == set(ROW_SOURCES)
+    paper_rows = {experiments.row_label(resolved, row): row for _, row in ROW_SOURCES}  # final scale: 1×1 at 8×8
+    assert {(row.table, paper_rows[row.row]) for row in rows} == set(ROW_SOURCES)
     for row in rows:
-        variant, kind = ROW_SOURCES[(row.table, row.row)]
+        variant, kind = ROW_SOURCES[(row.table, paper_rows[row.row])]
         in_name, ood = row.column.split(" → ")
         grey = "-grey" if row.table == paper.GREY_TABLE else ""
         cell = f"invglow/tables/finetune{grey}-{in_name}/{variant}/seed-0"

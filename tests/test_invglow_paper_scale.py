@@ -151,7 +151,7 @@ def test_to_size_in_batches_equals_converting_at_once(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("missing", "message"),
     [
-        ("tiny/tiny_subset.json", r"tiny_subset\.json.*create_tiny\.py"),
+        ("tiny/tiny_subset.json", r"(?s)create_tiny\.py.*/tiny/tiny_subset\.json"),  # how to get it, then the file
         ("data/svhn/train_32x32.mat", r"train_32x32\.mat"),  # read after two finetuned sets if read lazily
         ("data/mnist/train-images-idx3-ubyte.gz", r"train-images-idx3-ubyte"),  # grey: the RGB pretraining reads it
     ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -13,6 +15,8 @@ import pytest
 
 import folder_locations
 import main
+from common.errors import UsageError
+from common.report_formats import CSV_FIELDS
 from common.smoke import TABLE_MARK as SMOKE_MARK
 from tests.helpers import toy_paper
 
@@ -42,16 +46,18 @@ def test_running_a_paper_writes_cells_results_and_prints_the_table(toy, capsys):
     (run_dir,) = (toy / "toy" / "table1").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["paper"], config["experiment"]) == ("toy", "table1")
-    assert config["settings"] == {"scale": "demo", "seeds": [0, 1], "epochs": 2, "smoke": False}
+    assert config["settings"] == {"scale": "demo", "seeds": [0, 1], "epochs": 2, "smoke": False, "overrides": []}
     assert config["config"] == {"seeds": [0, 1], "epochs": 2}
     assert (run_dir / "alpha" / "seed-1" / "result.json").is_file()
     assert [row["ours"] for row in _rows(run_dir)] == [57.0, 67.0]
     out = capsys.readouterr().out
-    assert "ours ± = std (ddof 1) over seeds" in out
-    assert "| alpha | AUROC | 90.00 | 1.50 | 57.00 | 7.07 | -33.00 | 2 |" in out
+    assert "- cells: ours ± std (ddof 1) over seeds (n = 2) [paper ± its spread]" in out
+    assert "| alpha | 57.00 ±7.07 [90.00 ±1.50] |" in out and "| beta  |               67.00 ±7.07 |" in out
+    saved = json.loads((run_dir / "config.json").read_text())["saved"]
+    assert f"- run folder: {run_dir} (saved {saved})" in out
     assert main.main(["report"]) == 0
     report = capsys.readouterr().out
-    assert "| alpha | AUROC | 90.00 | 1.50 | 57.00 |" in report and f"(run folder: {run_dir})" in report
+    assert "| alpha | 57.00 ±7.07 [90.00 ±1.50] |" in report and f"- run folder: {run_dir} (saved {saved})" in report
 
 
 def test_list_cells_shows_ids_states_and_needs_and_creates_nothing(toy, capsys):
@@ -106,7 +112,55 @@ def test_report_takes_the_newest_run_and_says_which_runs_are_unfinished(toy, cap
     out = capsys.readouterr().out
     assert "toy/table1 (" in out and "4 of 6 cells not finished" in out and "--resume" in out
     assert main.main(["report", "--runs", str(toy / "toy/table1/a")]) == 0
-    assert "| alpha | AUROC |" in capsys.readouterr().out
+    assert "| alpha | " in capsys.readouterr().out
+
+
+def test_report_exports_csv_latex_and_json_and_names_unfinished_runs_on_stderr(toy, capsys):
+    assert main.main(["toy", "--run-name", "a"]) == 0
+    assert main.main(["toy", "--run-name", "b", "--cells", "toy/table1/alpha/seed-0"]) == 0  # newer, unfinished
+    run_dir = toy / "toy/table1/a"
+    saved = json.loads((run_dir / "config.json").read_text())["saved"]
+    capsys.readouterr()
+    assert main.main(["report", "--runs", str(run_dir), "--format", "csv"]) == 0
+    lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    expected = [(row["row"], row["column"], row["ours"], str(run_dir), saved) for row in _rows(run_dir)]
+    assert [(line["row"], line["column"], float(line["ours"]), line["run_dir"], line["saved"]) for line in lines] == (
+        expected
+    )
+    assert main.main(["report", "--runs", str(run_dir), "--format", "json"]) == 0
+    (table,) = json.loads(capsys.readouterr().out)
+    assert table["rows"] == _rows(run_dir) and (table["run_dir"], table["saved"]) == (str(run_dir), saved)
+    assert main.main(["report", "--runs", str(run_dir), "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert latex.count(r"\begin{tabular}{lr}") == 1 and r"alpha & 58.00 $\pm$ 7.07 [90.00 $\pm$ 1.50] \\" in latex
+    assert main.main(["report", "--format", "csv"]) == 0  # the newest run is b, unfinished
+    out, err = capsys.readouterr()
+    assert out.strip() == ",".join(CSV_FIELDS) and "toy/table1 (" in err and "4 of 6 cells not finished" in err
+
+
+def test_report_refuses_an_unknown_format(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["report", "--format", "xml"])
+    assert exit_.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="format 'xml': expected one of md, csv, latex, json"):
+        main.report(tmp_path, format="xml")
+
+
+def test_report_takes_papers_and_experiments_in_run_order(tmp_path):
+    recorded = [("memae", "image_table"), ("invglow", "local_vs_semantic"), ("mchad", "main_table")]
+    for paper, experiment in [*recorded, ("invglow", "tables")]:
+        folder = tmp_path / paper / experiment / "r"
+        folder.mkdir(parents=True)
+        record = {"paper": paper, "experiment": experiment, "settings": {}, "saved": "2025-01-06T14:03:11"}
+        (folder / "config.json").write_text(json.dumps(record))
+    runs, skipped = main._newest_runs(tmp_path, None)
+    assert [(run.paper, run.experiment) for run in runs] == [
+        ("invglow", "tables"),
+        ("invglow", "local_vs_semantic"),
+        ("mchad", "main_table"),
+        ("memae", "image_table"),
+    ]
+    assert skipped == [] and {run.saved for run in runs} == {"2025-01-06T14:03:11"}
 
 
 def test_resume_restores_the_recorded_options(toy, capsys):
@@ -225,7 +279,7 @@ def test_report_keeps_runs_of_each_scale_apart(toy, capsys):
     assert main.main(["report"]) == 0
     out = capsys.readouterr().out
     for run in ("demo-run", "paper-run"):
-        assert f"(run folder: {toy / 'toy/table1' / run})" in out
+        assert f"- run folder: {toy / 'toy/table1' / run} (saved " in out
 
 
 def test_a_smoke_run_is_marked_in_its_config_tables_and_report_and_kept_apart(toy, capsys):
@@ -238,7 +292,7 @@ def test_a_smoke_run_is_marked_in_its_config_tables_and_report_and_kept_apart(to
     capsys.readouterr()
     assert main.main(["report"]) == 0
     out = capsys.readouterr().out
-    assert f"(run folder: {toy / 'toy/table1/full'})" in out and f"(run folder: {smoke_run})" in out
+    assert f"- run folder: {toy / 'toy/table1/full'} (saved " in out and f"- run folder: {smoke_run} (saved " in out
     assert out.count(SMOKE_MARK) == 1
     assert main.main(["toy", "--resume", str(smoke_run), "--cells", "toy/table1/alpha/*"]) == 0  # stays a smoke run
 
@@ -267,7 +321,7 @@ def test_report_names_a_damaged_cell_result_and_goes_on_with_the_other_runs(toy,
     assert main.main(["report"]) == 0
     out = capsys.readouterr().out
     assert "toy/table1 (" in out and "alpha/seed-1/result.json: not a cell result written by this suite" in out
-    assert f"(run folder: {toy / 'toy/table1/good'})" in out
+    assert f"- run folder: {toy / 'toy/table1/good'} (saved " in out
 
 
 def test_ctrl_c_names_the_command_that_continues_the_run(toy, monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""Result rows: results.json round trip, newest-run selection and markdown rendering."""
+"""Result rows: results.json round trip, spreads and the published values beside ours."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from common.results import (
     RunRecord,
     Spread,
     read_results,
-    render_markdown,
     summary_row,
     write_results,
 )
@@ -41,19 +40,6 @@ def test_non_finite_values_are_stored_as_missing(tmp_path):
 def test_difference_is_ours_minus_paper():
     assert _row(ours=95.0, paper_value=97.5).difference == pytest.approx(-2.5)
     assert _row(paper_value=None).difference is None
-
-
-def test_markdown_has_one_table_per_paper_table_with_both_spreads_and_the_difference():
-    rows = [
-        _row(paper_value=97.51, paper_spread=0.2, spread=0.5, spread_kind="std (ddof 1) over seeds", n=3),
-        _row(table="Table 3", ours=None, paper_value=50.0),
-    ]
-    text = render_markdown(rows)
-    assert text.count("### memae:") == 2
-    assert "ours ± = std (ddof 1) over seeds" in text and "ours ± = none" in text
-    assert "| row | column | paper | paper ± | ours | ours ± | ours − paper | n |" in text
-    assert "| MemAE | MNIST | 97.51 | 0.20 | 97.00 | 0.50 | -0.51 | 3 |" in text
-    assert "| MemAE | MNIST | 50.00 | – | – | – | – | 1 |" in text
 
 
 @pytest.mark.parametrize(("statistic", "ddof"), [("SEM", 1), ("std", 1), ("std", 0), ("SEM", 0)])

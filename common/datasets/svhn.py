@@ -22,6 +22,11 @@ ZERO_LABEL = 10
 """SVHN's label of the digit 0."""
 
 
+def split_file(split: str) -> str:
+    """The name of split ``split``'s file, ``<split>_32x32.mat``."""
+    return f"{split}_32x32.mat"
+
+
 def read_svhn(folder: Path, split: str) -> ImageSet:
     """Read SVHN split ``split`` ("train", "test" or "extra") from ``folder/<split>_32x32.mat``.
 
@@ -32,7 +37,7 @@ def read_svhn(folder: Path, split: str) -> ImageSet:
     """
     if split not in SPLITS:
         raise ValueError(f"SVHN has splits {', '.join(SPLITS)}, not {split!r}")
-    path = folder / f"{split}_32x32.mat"
+    path = folder / split_file(split)
     if not path.is_file():
         raise MissingDataError(path, how_to_get("svhn", folder))
     images, labels = _read_mat(path)
