@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -44,7 +45,7 @@ Every table is a set of cells (one training and/or evaluation each) that run in 
 processes, and merge: --cells GLOB runs some of them, --shard I/N one of N parts, --run-name NAME puts every
 process in the same run folder, --resume RUN continues a run as it was started.
 """
-EPILOG = "The options of a paper's command: python main.py PAPER --help (the same for every paper)."
+EPILOG = "The options of every paper's command, python main.py PAPER [EXPERIMENT ...] [OPTIONS] (also PAPER --help):"
 
 
 class PaperModule(NamedTuple):
@@ -92,6 +93,8 @@ class RunOptions:
     default: one per GPU, or one) or as Slurm jobs ("slurm", with ``slurm``'s partition, GPUs, CPUs and time).
     ``nproc_per_node`` > 1 trains each cell data-parallel over that many processes (``backend`` "gloo" or "nccl",
     default nccl with GPUs), for the experiments that train one long model; under torchrun the group is its own.
+    ``checkpoints`` makes a new run evaluate only, each cell that trains a model loading the one it trained from that
+    folder (:mod:`common.trained_models`); recorded, and kept with ``resume``.
     """
 
     scale: str | None = None
@@ -111,9 +114,10 @@ class RunOptions:
     nproc_per_node: int | None = None
     backend: str | None = None
     overrides: tuple[str, ...] = ()
+    checkpoints: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("resume", "output"):  # the Python API may pass text
+        for name in ("resume", "output", "checkpoints"):  # the Python API may pass text
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.seeds is not None:
@@ -125,7 +129,8 @@ class RunOptions:
     def settings(self) -> Settings:
         """The settings of a new run."""
         try:
-            return Settings(self.scale or "demo", self.seeds, self.epochs, bool(self.smoke), self.overrides)
+            scale, smoke = self.scale or "demo", bool(self.smoke)
+            return Settings(scale, self.seeds, self.epochs, smoke, self.overrides, self.checkpoints_folder())
         except ValueError as error:
             raise UsageError(str(error)) from None
 
@@ -137,7 +142,21 @@ class RunOptions:
             "epochs": self.epochs,
             "smoke": self.smoke,
             "overrides": self.overrides or None,
+            "checkpoints": self.checkpoints_folder(),
         }
+
+    def checkpoints_folder(self) -> str | None:
+        """``checkpoints`` as an absolute folder (None: not given).
+
+        Raises:
+            UsageError: it is not a folder.
+        """
+        if self.checkpoints is None:
+            return None
+        folder = self.checkpoints.expanduser().resolve()
+        if not folder.is_dir():
+            raise UsageError(f"--checkpoints {self.checkpoints}: no such folder")
+        return str(folder)
 
 
 @dataclass(frozen=True)
@@ -326,7 +345,7 @@ def _data_parallel_worker(local_rank: int, payload: tuple[str, tuple[str, ...], 
     """One rank of :func:`_run_data_parallel`: the job's cells with every rank together (rank 0 prints)."""
     paper, experiments, module, options = payload
     PAPER_MODULES.setdefault(paper, module)  # a spawned process starts from the module's own table
-    run_job(prepare(paper, experiments, options), options)
+    run_job(with_trained_models(prepare(paper, experiments, options))[0], options)
 
 
 def _submit(batch, slurm: SlurmOptions) -> None:
@@ -350,12 +369,54 @@ def _submit(batch, slurm: SlurmOptions) -> None:
 def run_paper(name: str, experiments: Sequence[str] = (), options: RunOptions | None = None) -> list[ResultRow]:
     """Run the cells of the named experiments of paper ``name`` (all when empty); print and return the tables.
 
-    Rows are returned for every experiment whose cells are all finished after this call.
+    Rows are returned for every experiment whose cells are all finished after this call. With ``--checkpoints``,
+    the cells whose trained models are missing are listed on stderr and left unrun, with the cells that need them.
     """
     options = options or RunOptions()
-    job = prepare(name, experiments, options)
+    job, missing = with_trained_models(prepare(name, experiments, options))
     check_data([job])
+    if missing:
+        print(missing, file=sys.stderr, flush=True)
     return run_job(job, options)
+
+
+def with_trained_models(job: Job) -> tuple[Job, str]:
+    """``job`` without the cells that cannot run for want of a trained model, and the listing of what is missing
+    (:mod:`common.trained_models`; "" when nothing is); ``job`` itself when its run trains (no ``--checkpoints``).
+
+    Raises:
+        UsageError: none of the chosen cells can run (the listing says why); nothing is written then.
+    """
+    from common import trained_models
+
+    if not any(run_plan.settings.checkpoints for run_plan in job.plans):
+        return job, ""
+    searches = [
+        trained_models.search(run_plan, cells, folder)
+        for run_plan, cells, folder in zip(job.plans, job.selections, job.folders, strict=True)
+    ]
+    selections = tuple(tuple(s.runnable(cells)) for s, cells in zip(searches, job.selections, strict=True))
+    missing = trained_models.missing_listing(searches)
+    if missing and not any(selections):
+        raise UsageError(f"{missing}\nnone of the chosen cells can run; nothing was written")
+    return replace(job, selections=selections), missing
+
+
+def run_papers(jobs: Sequence[Job], options: RunOptions) -> str:
+    """Run each paper's job in turn (``python main.py``); return a line with each paper's wall time and the total."""
+    seconds = {}
+    for job in jobs:
+        start = time.perf_counter()
+        run_job(job, options)
+        seconds[job.paper] = time.perf_counter() - start
+    spent = ", ".join(f"{paper} {_minutes(value)}" for paper, value in seconds.items())
+    return f"wall time: {spent}; all {_minutes(sum(seconds.values()))}"
+
+
+def _minutes(seconds: float) -> str:
+    """``seconds`` as ``"3 min 07 s"`` (or ``"42 s"`` under a minute)."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
 def check_data(jobs: Sequence[Job]) -> None:
@@ -517,12 +578,13 @@ def report(runs: Path | None = None, paper: str | None = None, format: str = "md
 
 
 def _newest_runs(runs: Path, paper: str | None) -> tuple[list[RecordedRun], list[str]]:
-    """The newest run of each paper (or of ``paper``), experiment, scale, smoke setting and ``--set`` overrides under
-    ``runs``, in run order, and a line for each run of a paper this suite does not have."""
+    """The newest run of each paper (or of ``paper``), experiment, scale, smoke setting, ``--set`` overrides and
+    ``--checkpoints`` folder under ``runs``, in run order, and a line for each run of a paper this suite does not
+    have."""
     from common import runner
     from common.run import CONFIG_FILE
 
-    newest: dict[tuple[str, str, str, bool, tuple[str, ...]], RecordedRun] = {}
+    newest: dict[tuple[str, str, str, bool, tuple[str, ...], str | None], RecordedRun] = {}
     skipped = []
     for path in sorted(runs.rglob(CONFIG_FILE)):
         try:
@@ -533,7 +595,8 @@ def _newest_runs(runs: Path, paper: str | None) -> tuple[list[RecordedRun], list
             skipped.append(f"{path.parent}: a run of {recorded.paper!r}, which is not a paper of this suite; skipped")
             continue
         settings = recorded.settings
-        key = (recorded.paper, recorded.experiment, settings.scale, settings.smoke, settings.overrides)
+        kind = (settings.scale, settings.smoke, settings.overrides, settings.checkpoints)
+        key = (recorded.paper, recorded.experiment, *kind)
         if (paper is None or recorded.paper == paper) and (key not in newest or recorded.saved >= newest[key].saved):
             newest[key] = recorded
     return sorted(newest.values(), key=_run_order), skipped
@@ -633,6 +696,13 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
     )
     parser.add_argument("--resume", type=Path, help="continue this run folder (or a folder or file inside it)")
     parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        metavar="DIR",
+        help="evaluate only, no training: each cell loads the model it trains from DIR (a run folder or runs root of "
+        "this suite, or the original code's files); cells whose models are missing are listed and not run; recorded",
+    )
+    parser.add_argument(
         "--run-name", help="run folder <output>/<paper>/<experiment>/NAME, new or shared with other processes"
     )
     parser.add_argument(
@@ -677,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=entry.title)
         sub.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="default: all of them")
         _add_run_options(sub, cells=True)
+    paper_help = sub.format_help()  # every paper's command has the same options: list them under the commands
+    parser.epilog = f"{EPILOG}\n\n{paper_help[paper_help.index('options:') :]}"
     return parser
 
 
@@ -699,6 +771,7 @@ def _options(args: argparse.Namespace) -> RunOptions:
         nproc_per_node=getattr(args, "nproc_per_node", None),
         backend=getattr(args, "backend", None),
         overrides=tuple(getattr(args, "overrides", ())),
+        checkpoints=getattr(args, "checkpoints", None),
     )
 
 
@@ -730,8 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = _options(args) if args.command else RunOptions()
             jobs = [prepare(name, (), options) for name in PAPER_MODULES]  # every paper checked before any runs
             check_data(jobs)
-            for job in jobs:
-                run_job(job, options)
+            print(run_papers(jobs, options))
         elif args.show_config:
             print(show_configs(command, args.experiments, _options(args)))
         elif args.list_cells:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch and ignite load in seconds: `python main.py --help` i
     from ignite.handlers import TensorboardLogger
 
     from common.preflight import DataNeed
+    from common.trained_models import OriginalModels
 
 SCALES = ("demo", "paper")
 CELL_RESULT = "result.json"
@@ -42,6 +43,8 @@ class Settings:
     ``seeds=None`` and ``epochs=None`` keep the experiment's own settings for the scale; ``smoke`` runs the scale's
     configuration with every training cut to 2 steps and every evaluation to 2 batches per set (:mod:`common.smoke`).
     ``overrides`` are ``KEY=VALUE`` items applied in order to the configuration after those (:mod:`common.overrides`).
+    ``checkpoints`` (``--checkpoints DIR``, an absolute folder) makes the run evaluate only: every cell that trains a
+    model loads the one it trained from there instead (:mod:`common.trained_models`).
     """
 
     scale: str = "demo"
@@ -49,9 +52,12 @@ class Settings:
     epochs: int | None = None
     smoke: bool = False
     overrides: tuple[str, ...] = ()
+    checkpoints: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        if self.checkpoints is not None:
+            object.__setattr__(self, "checkpoints", str(self.checkpoints))  # a Path given from Python
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
@@ -252,6 +258,8 @@ class Experiment:
             the number of data-parallel processes, which is checked before any is started.
         data: the dataset and weight files its cells read (:mod:`common.preflight`), each for the cells that read
             it, checked before any cell runs (default: none, e.g. generated sets).
+        original_models: readers of the original code's trained-model files, where ``--checkpoints DIR`` also
+            looks for a cell's model (:mod:`common.trained_models`; default: this suite's run folders only).
     """
 
     name: str
@@ -264,6 +272,7 @@ class Experiment:
     data_parallel: bool = False
     global_batches: Callable[[Any], Mapping[str, int]] = _no_batches
     data: Callable[[Any], Sequence[DataNeed]] = _no_data
+    original_models: tuple[OriginalModels, ...] = ()
 
 
 @dataclass(frozen=True)

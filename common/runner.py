@@ -448,13 +448,12 @@ def _write_cell_result(run_dir: Path, cell: Cell, values: Mapping[str, Any], sec
 def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
     """The table of a run whose cells are all finished (also written as ``results.json``); None otherwise.
 
-    The titles of a smoke run's tables say so (:data:`TABLE_MARK`), and those of a run with ``--set`` overrides
-    name them."""
+    The titles of a smoke run's tables say so (:data:`TABLE_MARK`), those of a run with ``--set`` overrides name
+    them, and those of a run evaluated from trained models (``--checkpoints``) say where they were found."""
     if not all(is_finished(run_dir, cell.id) for cell in run_plan.cells):
         return None
     results = {cell.id: read_cell_result(run_dir, cell.id) for cell in run_plan.cells}
-    overrides = " ".join(run_plan.settings.overrides)
-    mark = (TABLE_MARK if run_plan.settings.smoke else "") + (f" [--set {overrides}]" if overrides else "")
+    mark = table_mark(run_plan.settings)
     rows = [
         replace(row, scale=run_plan.settings.scale, table=row.table + mark)
         for row in run_plan.experiment.table(run_plan.config, results)
@@ -462,6 +461,16 @@ def assemble(run_plan: Plan, run_dir: Path) -> list[ResultRow] | None:
     record = RunRecord(run_plan.paper.name, run_plan.experiment.name, rows, run_plan.settings.as_record())
     write_results(run_dir, record)
     return rows
+
+
+def table_mark(settings: Settings) -> str:
+    """What the titles of a run's tables add to say how it ran: smoke, ``--set`` overrides, ``--checkpoints``."""
+    overrides = " ".join(settings.overrides)
+    return (
+        (TABLE_MARK if settings.smoke else "")
+        + (f" [--set {overrides}]" if overrides else "")
+        + (f" [evaluated from the trained models in {settings.checkpoints}]" if settings.checkpoints else "")
+    )
 
 
 def pending(run_plan: Plan, run_dir: Path) -> list[str]:

@@ -34,6 +34,8 @@ from common.data_parallel import MethodCalls, Shards, prepare_model
 from common.datasets import ImageSet
 from common.files import torch_save_atomically
 from common.handlers import (
+    SKIPPED_STEPS,
+    attach_progress,
     count_skipped_steps,
     finite_step,
     log_histogram,
@@ -44,6 +46,7 @@ from common.handlers import (
 from common.loaders import ChainedBatches, PairedLoader, TensorBatchLoader, evaluation_loaders
 from common.metrics import CollectTensors
 from common.run import seed_everything
+from common.trained_models import FINAL_MODEL
 from common.transforms import BatchPipeline, bin_centres, dequantize, random_crop, random_horizontal_flip
 from invglow.config import NonFiniteExamples, TrainConfig
 from invglow.data import EvalSets
@@ -52,7 +55,6 @@ from invglow.models import ClassConditionalGlow, Glow, PatchGlow, initialize_act
 from invglow.scores import ScoreKind, anomaly_scores, evaluate_sets, score_kinds
 
 SAMPLE_TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
-FINAL_MODEL = "model.pt"
 SAMPLES_FILE = "samples.png"
 LIKELIHOODS = "likelihoods"
 """The evaluator's ``CollectTensors`` metric: ``{"fine": (N, L)}`` per-scale log-densities of the trained model,
@@ -289,10 +291,14 @@ def evaluation_scores(likelihoods: dict[str, torch.Tensor]) -> dict[ScoreKind, n
 
 
 def write_score_plots(
-    evaluation: EvalSets, likelihoods: dict[str, torch.Tensor], folder: Path, tb_logger: TensorboardLogger, step: int
+    evaluation: EvalSets,
+    likelihoods: dict[str, torch.Tensor],
+    folder: Path,
+    tb_logger: TensorboardLogger | None,
+    step: int,
 ) -> None:
     """``roc-<set>.png`` and ``hist-<set>.png`` in ``folder`` for every OOD set of ``evaluation``, each score kind
-    a curve / panel, also logged to tensorboard (``common.plots.write_score_plots``)."""
+    a curve / panel, also logged to tensorboard if given (``common.plots.write_score_plots``)."""
     from common import plots  # matplotlib loads only when a cell plots
 
     scores = evaluation_scores(likelihoods)
@@ -407,6 +413,34 @@ def fit(
     if idist.get_rank() == 0:
         torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
     return {**evaluator.state.metrics, **training_counts(trainer)}
+
+
+def evaluate(
+    model: Flow,
+    evaluation: EvalSets,
+    train: TrainConfig,
+    folder: Path,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    base_model: Glow | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained ``model`` as :func:`fit` evaluates it after its training, without training it.
+
+    ``folder`` receives what :func:`fit` writes there at the end: ``roc-<set>.png`` / ``hist-<set>.png`` and
+    ``model.pt``. Under ``ignite.distributed`` every rank calls it, each evaluating its block of the images.
+
+    Returns:
+        The evaluator's ``state.metrics`` (:func:`create_evaluator`), ``steps`` and ``skipped_steps`` 0.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluator = create_evaluator(model, evaluation, base_model)
+    attach_progress(evaluator, desc="eval", disable=None if progress else True)  # None: on unless OOD_REPRO_PROGRESS=0
+    evaluator.run(eval_loader(evaluation, train.eval_batch_size, device))
+    if idist.get_rank() == 0:
+        write_score_plots(evaluation, evaluator.state.metrics[LIKELIHOODS], folder, None, 0)
+        torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
+    return {**evaluator.state.metrics, "steps": 0, SKIPPED_STEPS: 0}
 
 
 def _training(

@@ -19,7 +19,9 @@ per model, the raw-likelihood AUROC of every (in → OOD) pair, the Spearman ran
 log-likelihoods with the full Glow's over all evaluated images (the local and dense cells need the full one, which
 saves them as ``likelihoods.pt``), and its test bits/dim.
 
-Every cell trains through :func:`invglow.engine.fit` in its own folder (tensorboard events, checkpoints, resume).
+Every cell trains through :func:`invglow.engine.fit` in its own folder (tensorboard events, checkpoints, resume);
+in a run with ``--checkpoints DIR`` it loads the model it trained from DIR instead and is only evaluated
+(:func:`invglow.engine.evaluate`, :mod:`common.trained_models`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from common.files import torch_save_atomically
 from common.preflight import DataNeed
 from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
+from common.trained_models import OriginalModels, load_trained
 from invglow import paper
 from invglow.config import InvGlowConfig, TrainConfig, configure, cpu_threads, grey_config
 from invglow.cost import finetune_cost, from_scratch_cost, pretrain_cost
@@ -54,7 +57,7 @@ from invglow.data import (
     tiny_images,
     tiny_needs,
 )
-from invglow.engine import FINAL_MODEL, LIKELIHOODS, OutlierKind, OutlierLossConfig, fit, load_model
+from invglow.engine import FINAL_MODEL, LIKELIHOODS, Flow, OutlierKind, OutlierLossConfig, evaluate, fit, load_model
 from invglow.models import MODEL_KINDS, ClassConditionalGlow, ModelKind, build_model
 from invglow.scores import ScoreKind, anomaly_scores, auroc_percent, png_bits_per_dim, serra_scores
 
@@ -115,6 +118,9 @@ GREY = Group(
     {"shapes": "Fashion-MNIST", "digits-rgb": "MNIST"},
 )
 MODEL_ROWS: dict[ModelKind, str] = dict(zip(MODEL_KINDS, paper.LOCAL_SEMANTIC_ROWS, strict=True))
+ORIGINAL_MODELS: tuple[OriginalModels, ...] = ()
+"""Readers of the original code's trained Glow files for ``--checkpoints``, tried after this suite's run folders: the
+place for an ``OriginalModels`` whose ``load`` calls ``invglow/original_checkpoints.py``'s ``load_original``."""
 
 
 def groups(config: InvGlowConfig) -> list[Group]:
@@ -153,8 +159,32 @@ def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items() if name != LIKELIHOODS}
 
 
+def _train(
+    model: Flow,
+    train_set: ImageSet,
+    evaluation: EvalSets,
+    train: TrainConfig,
+    context: RunContext,
+    *,
+    seed: int,
+    flip: bool,
+    **more: Any,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Train ``model`` in the cell's folder (:func:`invglow.engine.fit`, ``more``: its outlier-loss arguments), or
+    in a run with ``--checkpoints`` load the model the cell trained and evaluate it only.
+
+    Returns:
+        The final evaluation's metrics, and where the model was loaded from (``{}`` when trained here).
+    """
+    where = {"device": context.device, "progress": context.progress}
+    if context.settings.checkpoints is None:
+        return fit(model, train_set, evaluation, train, context.folder, seed=seed, flip=flip, **where, **more), {}
+    source = load_trained(model, context, ORIGINAL_MODELS)
+    return evaluate(model, evaluation, train, context.folder, base_model=more.get("base_model"), **where), source
+
+
 # ----------------------------------------------------------------------------------------------- tables
-def _pretrain(group: Group, seed: int, context: RunContext) -> dict[str, float]:
+def _pretrain(group: Group, seed: int, context: RunContext) -> dict[str, Any]:
     """Pretrain the Tiny Glow of ``group`` into the cell's ``model.pt``; its evaluation on Tiny test vs OOD sets."""
     config = group_config(context.config, group)
     for each in groups(context.config):  # a missing file stops the run before any training
@@ -165,21 +195,11 @@ def _pretrain(group: Group, seed: int, context: RunContext) -> dict[str, float]:
     seed_everything(seed)  # the 1×1 convolutions' random rotations and the coupling nets' weights
     model = build_model(config).to(context.device)
     train_set = ImageSet(tiny_train, torch.full((len(tiny_train),), -1))
-    metrics = fit(
-        model,
-        train_set,
-        evaluation,
-        config.pretrain,
-        context.folder,
-        seed=seed,
-        flip=True,
-        device=context.device,
-        progress=context.progress,
-    )
-    return _numbers(metrics)
+    metrics, source = _train(model, train_set, evaluation, config.pretrain, context, seed=seed, flip=True)
+    return _numbers(metrics) | source
 
 
-def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunContext) -> dict[str, float]:
+def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunContext) -> dict[str, Any]:
     """Finetune a copy of the pretrained Tiny model on ``in_name``; bits/dim and AUROC per score and OOD set (and
     Serra et al.'s, for the plain model of the first RGB set)."""
     config = group_config(context.config, group)
@@ -192,21 +212,19 @@ def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunC
     base_model = copy.deepcopy(model).requires_grad_(False)
     if variant == "supervised":
         model = ClassConditionalGlow(model, int(train_set.labels.max()) + 1).to(context.device)
-    metrics = fit(
+    metrics, source = _train(
         model,
         train_set,
         evaluation,
         config.finetune,
-        context.folder,
+        context,
         seed=seed,
         flip=in_name not in config.data.no_flip,
-        device=context.device,
-        progress=context.progress,
         base_model=base_model,
         outlier=outlier,
         outlier_images=tiny_train,
     )
-    values = _numbers(metrics)
+    values = _numbers(metrics) | source
     if _has_serra(group, config, in_name, variant):
         values |= serra_aurocs(evaluation, metrics[LIKELIHOODS]["fine"], ood_name=config.data.in_distribution[-1])
     return values
@@ -340,7 +358,7 @@ def rank_correlation(reference: torch.Tensor, other: torch.Tensor) -> float:
     return float(spearmanr(anomaly_scores("raw", reference).values, anomaly_scores("raw", other).values).statistic)
 
 
-def _from_scratch(kind: ModelKind, in_name: str, seed: int, context: RunContext) -> dict[str, float]:
+def _from_scratch(kind: ModelKind, in_name: str, seed: int, context: RunContext) -> dict[str, Any]:
     """Train the ``kind`` model on ``in_name``: raw AUROC per OOD set, test bits/dim, and (local and dense models)
     the Spearman ρ of its log-likelihoods with the full Glow's."""
     config = context.config
@@ -348,19 +366,11 @@ def _from_scratch(kind: ModelKind, in_name: str, seed: int, context: RunContext)
     evaluation = evaluation_sets(in_name, config, seed, config.local_semantic.train.eval_batch_size)
     seed_everything(seed)  # the model's initial weights (rotations, coupling nets) depend on the seed only
     model = build_model(config, kind).to(context.device)
-    metrics = fit(
-        model,
-        train_set,
-        evaluation,
-        config.local_semantic.train,
-        context.folder,
-        seed=seed,
-        flip=in_name not in config.data.no_flip,
-        device=context.device,
-        progress=context.progress,
-    )
-    values = {f"AUROC-raw/{ood}": metrics[f"AUROC-raw/{ood}"] for ood in evaluation.names[1:]}
+    flip = in_name not in config.data.no_flip
+    metrics, source = _train(model, train_set, evaluation, config.local_semantic.train, context, seed=seed, flip=flip)
+    values: dict[str, Any] = {f"AUROC-raw/{ood}": metrics[f"AUROC-raw/{ood}"] for ood in evaluation.names[1:]}
     values |= {"bpd": metrics[f"bpd/{in_name}"], "steps": metrics["steps"], "skipped_steps": metrics["skipped_steps"]}
+    values |= source
     likelihoods = metrics[LIKELIHOODS]["fine"]
     if kind == "full":
         torch_save_atomically(likelihoods, context.folder / FULL_LIKELIHOODS)
@@ -428,6 +438,7 @@ PAPER = Paper(
             data_parallel=True,
             global_batches=global_batches,
             data=tables_data,
+            original_models=ORIGINAL_MODELS,
         ),
         Experiment(
             "local_vs_semantic",
@@ -439,6 +450,7 @@ PAPER = Paper(
             data_parallel=True,
             global_batches=global_batches,
             data=set_needs,
+            original_models=ORIGINAL_MODELS,
         ),
     ),
 )

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.exceptions import NotComputableError
@@ -32,9 +33,19 @@ from torch import nn
 from torch.optim import Adam
 
 from common.data_parallel import MethodCalls, Shards, global_batch_rows, prepare_model
-from common.handlers import finite_step, log_histogram, log_pr_curve, setup_handlers, training_counts
+from common.files import torch_save_atomically
+from common.handlers import (
+    SKIPPED_STEPS,
+    attach_progress,
+    finite_step,
+    log_histogram,
+    log_pr_curve,
+    setup_handlers,
+    training_counts,
+)
 from common.metrics import CollectTensors, gather_rows, ood_metrics_per_set
 from common.run import seed_everything
+from common.trained_models import FINAL_MODEL
 from mchad.config import DatasetConfig, MethodConfig, TrainConfig
 from mchad.data import ImageCache, build_run_data
 from mchad.losses import CACLoss, IILoss, LossTerms, MCHADLoss, SoftmaxLoss, batch_class_means, cac_distances
@@ -303,14 +314,14 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``method`` on ``dataset`` with ``seed`` and test the final weights, as the original (mchad.md §2.2).
 
-    Tensorboard events, checkpoints and the final test's ``roc-<set>.png`` / ``hist-<set>.png`` go to ``folder``; the
-    training continues from the newest intact checkpoint found there, and one that had finished is only tested
-    again. ``cache`` shares images between trainings.
+    Tensorboard events, checkpoints, the final test's ``roc-<set>.png`` / ``hist-<set>.png`` and the final weights
+    (``model.pt``) go to ``folder``; the training continues from the newest intact checkpoint found there, and one
+    that had finished is only tested again. ``cache`` shares images between trainings.
 
     Under ``ignite.distributed`` every rank calls ``fit`` with the same arguments (``device`` = ``idist.device()``):
     the batch sizes of ``train`` are global, each rank trains on its block of every batch through DDP, and the run
-    follows the one-process trajectory (module docstring). Rank 0 writes the checkpoints and tensorboard; every rank
-    returns the same metrics.
+    follows the one-process trajectory (module docstring). Rank 0 writes the checkpoints, tensorboard and
+    ``model.pt``; every rank returns the same metrics.
 
     Returns:
         The evaluator's metrics (fractions): ``accuracy`` and, per score kind, ``{OOD set: {metric: value}}``; and the
@@ -355,8 +366,46 @@ def fit(
     finally:
         if handlers.tb_logger is not None:
             handlers.tb_logger.close()
-    metrics = {name: value for name, value in evaluator.state.metrics.items() if name != OUTPUTS}
-    return {**metrics, **training_counts(trainer)}
+    if idist.get_rank() == 0:
+        torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
+    return {**final_metrics(evaluator), **training_counts(trainer)}
+
+
+def evaluate(
+    model: CenterNet,
+    method: MethodConfig,
+    dataset: DatasetConfig,
+    train: TrainConfig,
+    seed: int,
+    folder: Path,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    cache: ImageCache | None = None,
+) -> dict[str, Any]:
+    """Test a trained ``model`` as :func:`fit` tests its final weights, without training it.
+
+    ``folder`` receives what :func:`fit` writes there at the end: ``roc-<set>.png`` / ``hist-<set>.png`` and
+    ``model.pt``. Under ``ignite.distributed`` every rank calls it, each testing its block of the images.
+
+    Returns:
+        :func:`fit`'s metrics, with ``steps`` and ``skipped_steps`` 0.
+    """
+    data = build_run_data(dataset, train, outliers=False, seed=seed, device=device, cache=cache)
+    evaluator = create_evaluator(model, method, data.ood_names)
+    CollectTensors(collected).attach(evaluator, OUTPUTS)
+    attach_progress(evaluator, desc="test", disable=not progress)
+    evaluator.run(data.evaluation)
+    if idist.get_rank() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_score_plots(evaluator.state.metrics[OUTPUTS], method, data.ood_names, folder, None, 0)
+        torch_save_atomically(model.state_dict(), folder / FINAL_MODEL)
+    return {**final_metrics(evaluator), "steps": 0, SKIPPED_STEPS: 0}
+
+
+def final_metrics(evaluator: Engine) -> dict[str, Any]:
+    """The evaluator's metrics without the collected outputs: ``accuracy``, ``center_distance``, per score kind."""
+    return {name: value for name, value in evaluator.state.metrics.items() if name != OUTPUTS}
 
 
 def write_score_plots(
@@ -364,11 +413,11 @@ def write_score_plots(
     method: MethodConfig,
     ood_names: Sequence[str],
     folder: Path,
-    tb_logger: TensorboardLogger,
+    tb_logger: TensorboardLogger | None,
     step: int,
 ) -> None:
     """``roc-<set>.png`` and ``hist-<set>.png`` in ``folder`` for every OOD set against the ID test set, each score
-    kind of ``method`` a curve / panel, also logged to tensorboard (``common.plots.write_score_plots``)."""
+    kind of ``method`` a curve / panel, also logged to tensorboard if given (``common.plots.write_score_plots``)."""
     from common import plots  # matplotlib loads only when a cell plots
 
     labels = outputs["labels"]

@@ -3,7 +3,9 @@
 Paper: Kirchheim, Filax, Ortmeier, "Multi-Class Hypersphere Anomaly Detection", ICPR 2022 (kkirchheim/mchad).
 
 A cell ``mchad/main_table/<dataset>/<method>/seed-<s>`` trains one model with :func:`mchad.engine.fit` in its folder
-(tensorboard, checkpoints) and returns its final test metrics; it needs no other cell. The table aggregates like the
+(tensorboard, checkpoints) and returns its final test metrics; it needs no other cell. In a run with
+``--checkpoints DIR`` it loads the model it trained from DIR instead and only tests it (:func:`mchad.engine.evaluate`,
+:mod:`common.trained_models`). The table aggregates like the
 original notebook (reference mchad.md §3.4): one row per (seed, OOD set), in percent, mean and SEM (ddof 1) over all
 rows, accuracy repeated in each row. A second table gives the AUROC per OOD set (mean and SEM over seeds).
 """
@@ -11,6 +13,7 @@ rows, accuracy repeated in each row. A second table gives the AUROC per OOD set 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -18,6 +21,7 @@ from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets.svhn import split_file
 from common.preflight import DataNeed, DatasetNeed, FileNeed
 from common.results import ResultRow, Spread, stand_in_note, summary_row
+from common.trained_models import OriginalModels, load_trained
 from mchad import paper, pretrained
 from mchad.config import (
     HELD_OUT_DIGITS,
@@ -30,7 +34,7 @@ from mchad.config import (
 )
 from mchad.cost import cell_cost
 from mchad.data import ImageCache
-from mchad.engine import fit
+from mchad.engine import build_model, evaluate, fit
 
 NAME = "mchad"
 EXPERIMENT = "main_table"
@@ -43,6 +47,10 @@ COLUMN_KEYS = {  # the paper's column → key of common.metrics.ood_metrics (mch
 }
 MAIN_SPREAD = Spread(statistic="SEM", ddof=1, over="seeds × OOD sets")  # the notebook's pandas sem over all rows
 PER_SET_SPREAD = Spread(statistic="SEM", ddof=1, over="seeds")
+
+ORIGINAL_MODELS: tuple[OriginalModels, ...] = ()
+"""Readers of the original code's trained models for ``--checkpoints``, tried after this suite's run folders: the
+place for an ``OriginalModels`` whose ``load`` calls ``mchad/original_checkpoints.py``'s ``load_original``."""
 
 _images: dict[DatasetConfig, ImageCache] = {}  # the images of the latest dataset, shared by its cells in a process
 
@@ -67,6 +75,8 @@ def image_cache(dataset: DatasetConfig) -> ImageCache:
 
 def train_cell(dataset: DatasetConfig, method: MethodConfig, seed: int, context: RunContext) -> dict[str, Any]:
     """One cell: train ``method`` on ``dataset`` with ``seed`` in the cell's folder; its test metrics in percent."""
+    if context.settings.checkpoints is not None:
+        return evaluate_cell(dataset, method, seed, context)
     metrics = fit(
         method,
         dataset,
@@ -78,6 +88,17 @@ def train_cell(dataset: DatasetConfig, method: MethodConfig, seed: int, context:
         cache=image_cache(dataset),
     )
     return cell_values(metrics, method)
+
+
+def evaluate_cell(dataset: DatasetConfig, method: MethodConfig, seed: int, context: RunContext) -> dict[str, Any]:
+    """One cell of a run with ``--checkpoints``: the model it trained, loaded from there, tested as :func:`train_cell`
+    tests it; the values say which file it was."""
+    train = replace(context.config.train, pretrained=False)  # the trained weights replace the pretrained ones
+    model = build_model(method, dataset, train).to(context.device)
+    source = load_trained(model, context, ORIGINAL_MODELS)
+    where = {"device": context.device, "progress": context.progress, "cache": image_cache(dataset)}
+    metrics = evaluate(model, method, dataset, context.config.train, seed, context.folder, **where)
+    return cell_values(metrics, method) | source
 
 
 def cell_values(metrics: Mapping[str, Any], method: MethodConfig) -> dict[str, Any]:
@@ -201,6 +222,7 @@ PAPER = Paper(
                 "train.outlier_batch_size": config.train.outlier_batch_size,
             },
             data=data,
+            original_models=ORIGINAL_MODELS,
         ),
     ),
 )

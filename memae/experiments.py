@@ -10,7 +10,9 @@
   (``.../few-shot/transfer/k-10/class-5/seed-0``), which needs the cell of the model it starts from and loads the
   ``model.pt`` that cell saved.
 
-Each cell trains in its own folder (tensorboard events, checkpoints) and resumes from its newest checkpoint.
+Each cell trains in its own folder (tensorboard events, checkpoints) and resumes from its newest checkpoint; the
+model it trained is left in ``model.pt`` there. In a run with ``--checkpoints DIR`` a cell that trains loads that
+model from DIR instead and is only evaluated (:mod:`common.trained_models`).
 Tables print AUROC and accuracies in percent, ± the standard deviation over seeds of the per-seed class mean.
 """
 
@@ -33,6 +35,7 @@ from common.preflight import DataNeed, DatasetNeed
 from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
 from common.smoke import evaluation_subset
+from common.trained_models import FINAL_MODEL, OriginalModels, load_trained
 from memae import paper
 from memae.config import (
     ConditionalSetting,
@@ -55,7 +58,6 @@ CITATION = (
     "Anomaly Detection, ICCV 2019; and C-MemAE (Zamel), class-conditional memories"
 )
 EVAL_BATCH = 500  # C-MemAE's test_batch_size
-MODEL_FILE = "model.pt"  # state_dict of a trained model that few-shot cells fine-tune
 SPREAD = Spread(statistic="std", ddof=1, over="seeds")  # of the per-seed mean over the classes
 EXTRA_METRICS = ("AUPR-IN", "AUPR-OUT", "FPR95TPR")
 OTHER_METRICS_TABLE = "Image table: other metrics (%)"
@@ -67,6 +69,9 @@ IMAGE_VARIANTS = {"AE": "ae", "MemAE-nonSpar": "memae", "MemAE": "memae"}
 SELF_SELECTION_MODES: dict[str, str | None] = {"known": None, "self_sum": "sum", "self_max": "max"}
 """C-MemAE evaluations: known condition, and self-selection by summed (C-MemAE) or maximal slot similarity."""
 GROUP_VARIANTS = ("cmemae", "cae")  # C-MemAE and the conditional AE, one of each per group
+ORIGINAL_MODELS: tuple[OriginalModels, ...] = ()
+"""Readers of the original code's trained models for ``--checkpoints``, tried after this suite's run folders: the
+place for an ``OriginalModels`` whose ``load`` calls ``memae/original_checkpoints.py``'s ``load_original``."""
 
 
 # --------------------------------------------------------------------------------------------- shared
@@ -110,25 +115,45 @@ def _test_set(test: ImageSet, normal_class: int, seed: int) -> ImageSet:
     return ImageSet(chosen.images[subset], chosen.labels[subset])
 
 
+def _fit(
+    ctx: RunContext,
+    model: Autoencoder,
+    train_data: TensorBatchLoader | None,
+    evaluations: Sequence[Evaluation],
+    train: TrainConfig,
+    entropy_weight: float,
+    seed: int,
+    **more: Any,
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Train ``model`` in the cell's folder (:func:`memae.engine.fit`; ``more``: its group and BatchNorm options),
+    or in a run with ``--checkpoints`` load the model the cell trained and only evaluate it; either way its weights
+    are left in the cell's ``model.pt``. Without ``train_data`` nothing is trained: ``model`` is evaluated as it is.
+
+    Returns:
+        :func:`memae.engine.fit`'s metrics, and where the model was loaded from (``{}`` when not loaded).
+    """
+    source: dict[str, str] = {}
+    if ctx.settings.checkpoints is not None and train_data is not None:
+        source, train_data = load_trained(model, ctx, ORIGINAL_MODELS), None
+    metrics = fit(
+        model, train_data, evaluations, train, entropy_weight, ctx.folder, seed=seed, progress=ctx.progress, **more
+    )
+    save_weights(model, ctx.folder / FINAL_MODEL)
+    return metrics, source
+
+
 def _train_one_class(
     ctx: RunContext, data: DataConfig, variant: str, memory: MemoryConfig, train: TrainConfig, c: int, seed: int
-) -> tuple[dict[str, float], Autoencoder]:
+) -> dict[str, Any]:
     """Train one model on the training images of class ``c`` in the cell's folder; its last-epoch test metrics."""
     train_data, test_data = _load(data)
     seed_everything(seed)
     model = _build(data.architecture, variant, memory, ctx)
     evaluation = Evaluation("test", create_evaluator(model, c), _loader(_test_set(test_data, c, seed), EVAL_BATCH, ctx))
-    metrics = fit(
-        model,
-        _loader(training_set(train_data, [c]), train.batch_size, ctx, seed, shuffle=True),
-        [evaluation],
-        train,
-        memory.entropy_weight if variant != "ae" else 0.0,
-        ctx.folder,
-        seed=seed,
-        progress=ctx.progress,
-    )
-    return {**metrics["test"], **metrics[TRAINING]}, model
+    loader = _loader(training_set(train_data, [c]), train.batch_size, ctx, seed, shuffle=True)
+    entropy_weight = memory.entropy_weight if variant != "ae" else 0.0
+    metrics, source = _fit(ctx, model, loader, [evaluation], train, entropy_weight, seed)
+    return {**metrics["test"], **metrics[TRAINING], **source}
 
 
 def _row(
@@ -175,9 +200,9 @@ def image_memory(setting: ImageSetting, label: str) -> MemoryConfig:
     return setting.memory.without_sparsity() if label == "MemAE-nonSpar" else setting.memory
 
 
-def _image_cell(setting: ImageSetting, label: str, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
+def _image_cell(setting: ImageSetting, label: str, c: int, seed: int, ctx: RunContext) -> dict[str, Any]:
     memory = image_memory(setting, label)
-    return _train_one_class(ctx, setting.data, IMAGE_VARIANTS[label], memory, setting.train, c, seed)[0]
+    return _train_one_class(ctx, setting.data, IMAGE_VARIANTS[label], memory, setting.train, c, seed)
 
 
 def image_data(config: MemAEConfig) -> list[DataNeed]:
@@ -255,11 +280,9 @@ def _grouped_classes(setting: ConditionalSetting) -> list[int]:
     return sorted({c for group in setting.groups for c in group})
 
 
-def _single_cell(setting: ConditionalSetting, c: int, seed: int, ctx: RunContext) -> dict[str, float]:
-    """One MemAE on class ``c``; its weights are kept for the few-shot cells."""
-    metrics, model = _train_one_class(ctx, setting.data, "memae", setting.memory, setting.train, c, seed)
-    save_weights(model, ctx.folder / MODEL_FILE)
-    return metrics
+def _single_cell(setting: ConditionalSetting, c: int, seed: int, ctx: RunContext) -> dict[str, Any]:
+    """One MemAE on class ``c``; the few-shot cells start from its ``model.pt``."""
+    return _train_one_class(ctx, setting.data, "memae", setting.memory, setting.train, c, seed)
 
 
 def _selection_modes(variant: str) -> dict[str, str | None]:
@@ -269,11 +292,11 @@ def _selection_modes(variant: str) -> dict[str, str | None]:
 
 def _group_cell(
     setting: ConditionalSetting, variant: str, group: tuple[int, ...], seed: int, ctx: RunContext
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Any]:
     """One C-MemAE (or conditional AE) on a group, each class evaluated with known and self-selected memory.
 
     Returns ``<mode>_<class>`` → metrics (``selection_accuracy`` too for self-selection) and ``training`` → steps
-    run and skipped; a C-MemAE's weights are kept for the few-shot cells.
+    run and skipped; the few-shot cells start from a C-MemAE's ``model.pt``.
     """
     train_data, test_data = _load(setting.data)
     seed_everything(seed)
@@ -288,20 +311,10 @@ def _group_cell(
         for c in group
         for mode, selection in modes.items()
     ]
-    metrics = fit(
-        model,
-        _loader(training_set(train_data, group), setting.train.batch_size, ctx, seed, shuffle=True),
-        evaluations,
-        setting.train,
-        setting.memory.entropy_weight if variant == "cmemae" else 0.0,
-        ctx.folder,
-        seed=seed,
-        group=group,
-        progress=ctx.progress,
-    )
-    if variant == "cmemae":
-        save_weights(model, ctx.folder / MODEL_FILE)
-    return metrics
+    loader = _loader(training_set(train_data, group), setting.train.batch_size, ctx, seed, shuffle=True)
+    entropy_weight = setting.memory.entropy_weight if variant == "cmemae" else 0.0
+    metrics, source = _fit(ctx, model, loader, evaluations, setting.train, entropy_weight, seed, group=group)
+    return {**metrics, **source}
 
 
 def source_model(setting: ConditionalSetting, source: str, ctx: RunContext) -> Autoencoder:
@@ -315,7 +328,7 @@ def source_model(setting: ConditionalSetting, source: str, ctx: RunContext) -> A
 def _pretrained(setting: ConditionalSetting, source: str, seed: int, ctx: RunContext) -> Autoencoder:
     """The model a few-shot strategy starts from, loaded from the ``model.pt`` of its cell."""
     model = source_model(setting, source, ctx)
-    return load_weights(model, ctx.folder_of(_source_cell_id(setting, source, seed)) / MODEL_FILE)
+    return load_weights(model, ctx.folder_of(_source_cell_id(setting, source, seed)) / FINAL_MODEL)
 
 
 def few_shot_model(setting: ConditionalSetting, name: str, source: Autoencoder, shots: torch.Tensor) -> Autoencoder:
@@ -326,7 +339,7 @@ def few_shot_model(setting: ConditionalSetting, name: str, source: Autoencoder, 
 
 def _few_shot_cell(
     setting: ConditionalSetting, name: str, shots: int, new_class: int, seed: int, ctx: RunContext
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Fine-tune the pretrained MemAE / C-MemAE on ``shots`` images of ``new_class`` with strategy ``name``."""
     strategy, few = STRATEGIES[name], setting.few_shot
     train_data, test_data = _load(setting.data)
@@ -338,18 +351,10 @@ def _few_shot_cell(
     evaluation = Evaluation(
         "test", create_evaluator(model, new_class), _loader(_test_set(test_data, new_class, seed), EVAL_BATCH, ctx)
     )
-    metrics = fit(
-        model,
-        _loader(shot_set, few.train.batch_size, ctx, seed, shuffle=True) if strategy.trains else None,
-        [evaluation],
-        few.train,
-        setting.memory.entropy_weight,
-        ctx.folder,
-        seed=seed,
-        progress=ctx.progress,
-        freeze_batchnorm=True,
-    )
-    return {**metrics["test"], **metrics[TRAINING]}
+    loader = _loader(shot_set, few.train.batch_size, ctx, seed, shuffle=True) if strategy.trains else None
+    entropy_weight = setting.memory.entropy_weight
+    metrics, loaded = _fit(ctx, model, loader, [evaluation], few.train, entropy_weight, seed, freeze_batchnorm=True)
+    return {**metrics["test"], **metrics[TRAINING], **loaded}
 
 
 def conditional_data(config: MemAEConfig) -> list[DataNeed]:
@@ -455,6 +460,7 @@ PAPER = Paper(
             image_table,
             cpu_threads=attrgetter("cpu_threads"),
             data=image_data,
+            original_models=ORIGINAL_MODELS,
         ),
         Experiment(
             "conditional",
@@ -464,6 +470,7 @@ PAPER = Paper(
             conditional_table,
             cpu_threads=attrgetter("cpu_threads"),
             data=conditional_data,
+            original_models=ORIGINAL_MODELS,
         ),
     ),
 )

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,9 @@ def test_running_a_paper_writes_cells_results_and_prints_the_table(toy, capsys):
     (run_dir,) = (toy / "toy" / "table1").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["paper"], config["experiment"]) == ("toy", "table1")
-    assert config["settings"] == {"scale": "demo", "seeds": [0, 1], "epochs": 2, "smoke": False, "overrides": []}
+    assert config["settings"] == {
+        "scale": "demo", "seeds": [0, 1], "epochs": 2, "smoke": False, "overrides": [], "checkpoints": None
+    }  # fmt: skip
     assert config["config"] == {"seeds": [0, 1], "epochs": 2}
     assert (run_dir / "alpha" / "seed-1" / "result.json").is_file()
     assert [row["ours"] for row in _rows(run_dir)] == [57.0, 67.0]
@@ -207,9 +210,11 @@ def test_resume_refuses_a_foreign_or_missing_folder(toy, tmp_path, capsys):
     assert "not inside a run folder" in capsys.readouterr().err
 
 
-def test_default_command_runs_every_paper_at_the_demo_scale(toy):
+def test_default_command_runs_every_paper_at_the_demo_scale_and_says_how_long_each_took(toy, capsys):
     assert main.main([]) == 0
     assert list(toy.glob("toy/table1/*/results.json"))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"wall time: toy \d+ s; all \d+ s", last), last
     assert not (toy / "toy" / "table9").exists(), "the paper-only experiment is left out at the demo scale"
 
 
@@ -357,6 +362,7 @@ def test_help_is_plain_text_and_loads_neither_torch_nor_a_paper():
         "import contextlib, io, sys\n"
         "import main\n"
         "for argv in (['--help'], ['mchad', '--help']):\n"
+        "    print('=' * 10)\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
         "        main.main(argv)\n"
         "    print(out.getvalue())\n"
@@ -366,5 +372,8 @@ def test_help_is_plain_text_and_loads_neither_torch_nor_a_paper():
     *text, loaded = done.stdout.strip().splitlines()
     assert loaded == "[]", "--help must answer without importing torch, Ignite or a paper"
     help_text = "\n".join(text)
-    assert "python main.py PAPER --list-cells" in help_text and "--smoke" in help_text
+    top = help_text.split("=" * 10)[1]
+    assert "python main.py PAPER --list-cells" in top
+    for option in ("--smoke", "--set KEY=VALUE", "--resume", "--launcher", "--partition"):  # the paper commands'
+        assert option in top, option
     assert "``" not in help_text and "::" not in help_text  # no reStructuredText markup

@@ -24,6 +24,7 @@ import torch
 from common.datasets import ImageSet
 from common.datasets.sources import how_to_get
 from common.errors import DataError, MissingDataError
+from common.safe_pickle import restricted_unpickler
 
 IMAGE_SHAPE = (3, 32, 32)
 """Channels (red, green, blue), rows, columns of one CIFAR image."""
@@ -110,13 +111,8 @@ def read_cifar100(folder: Path, split: str, label_kind: str = "fine") -> ImageSe
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels))
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the numpy names needed to rebuild arrays (see module docstring)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
-        return _ALLOWED_GLOBALS[(module, name)]
+# Resolves only the numpy names needed to rebuild arrays (see module docstring).
+_ArrayOnlyUnpickler = restricted_unpickler(_ALLOWED_GLOBALS, "only numpy arrays are allowed")
 
 
 def _require_files(paths: list[Path], dataset: str, folder: Path) -> None:
