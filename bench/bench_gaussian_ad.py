@@ -7,15 +7,19 @@ with the same random weights.
 
 from __future__ import annotations
 
+import copy
 import resource
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
-from bench.timing import BenchRow, best_time
-from gaussian_ad.backbones import EfficientNetFeatures
+from bench.timing import BenchRow, best_time, best_times_interleaved
+from gaussian_ad.backbones import EfficientNetFeatures, fold_batchnorm, inference_model
 from gaussian_ad.scores import mahalanobis
 from gaussian_ad.statistics import fit_ledoit_wolf
 
@@ -49,29 +53,72 @@ def bench_ledoit_wolf(n: int = 300, d: int = 1792, m: int = 200) -> BenchRow:
     )
 
 
-def bench_extraction(name: str = "efficientnet-b4", batch: int = 4) -> BenchRow:
-    """Images/s of the whole trunk at the native resolution, ours vs efficientnet_pytorch, same weights."""
+def _inference(model: Callable[[torch.Tensor], Any], images: torch.Tensor) -> Callable[[], Any]:
+    """``model(images)`` under ``torch.inference_mode()``."""
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(images)
+
+    return call
+
+
+def _extraction_steps(ours: EfficientNetFeatures, images: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """Our nine levels with each optimisation added to the previous ones; the last is what gaussian_ad.engine runs."""
+    in_place = fold_batchnorm(ours)
+    in_place.activation.inplace = True
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    return {
+        "ours, plain eval (autograd on, NCHW)": lambda: ours(images),
+        "+ torch.inference_mode": _inference(ours, images),
+        "+ BatchNorm folded into the convolutions": _inference(fold_batchnorm(ours), images),
+        "+ activations in place": _inference(in_place, images),
+        "+ channels-last model and input": _inference(
+            copy.deepcopy(in_place).to(memory_format=torch.channels_last), channels_last
+        ),
+        "+ asymmetric paddings in the kernels (inference_model, the extraction path)": _inference(
+            inference_model(ours), channels_last
+        ),
+    }
+
+
+def _load() -> str:
+    """The 1, 5 and 15 min load averages of the machine."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def bench_extraction(name: str = "efficientnet-b4", batch: int = 4) -> list[BenchRow]:
+    """Images/s of the whole trunk at the native resolution, ours after each optimisation vs efficientnet_pytorch.
+
+    Same random weights; every step and the reference are timed in turn in each round (best of 5 rounds).
+    """
     from efficientnet_pytorch import EfficientNet
 
     reference = EfficientNet.from_name(name).eval()
     ours = EfficientNetFeatures(name, padding="0.7").eval()  # 0.7 = the installed package's padding
     ours.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("_fc.")})
-    ours_cl = ours.to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, ours.image_size, ours.image_size, generator=torch.Generator().manual_seed(0))
-    images_cl = images.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        head_ours = ours_cl(images_cl)[-1]
+    steps = _extraction_steps(ours, images)
+    with torch.no_grad():
         head_reference = reference.extract_features(images).mean(dim=(2, 3))
-        ours_s = best_time(lambda: ours_cl(images_cl), repeat=2)
-        reference_s = best_time(lambda: reference.extract_features(images), repeat=2)
-    return BenchRow(
-        f"{name} features at {ours.image_size} px, batch {batch} (CPU)",
-        ours_s,
-        "efficientnet_pytorch 0.7.1 extract_features",
-        reference_s,
-        float((head_ours - head_reference).abs().max() / head_reference.abs().max()),
-        f"ours {batch / ours_s:.1f} img/s (9 taps, channels-last) vs {batch / reference_s:.1f} img/s; diff relative",
-    )
+        diffs = [
+            float((step()[-1] - head_reference).abs().max() / head_reference.abs().max()) for step in steps.values()
+        ]
+    load_before = _load()
+    *times, reference_s = best_times_interleaved([*steps.values(), _inference(reference.extract_features, images)], 5)
+    load = f"load {load_before} → {_load()}; torch threads: {torch.get_num_threads()}"
+    return [
+        BenchRow(
+            f"{name} features at {ours.image_size} px, batch {batch} (CPU): {step}",
+            seconds,
+            "efficientnet_pytorch 0.7.1 extract_features",
+            reference_s,
+            diff,
+            f"{batch / seconds:.2f} vs {batch / reference_s:.2f} img/s; diff of L9, relative"
+            + (f"; {load}" if index == 0 else ""),
+        )
+        for index, (step, seconds, diff) in enumerate(zip(steps, times, diffs, strict=True))
+    ]
 
 
 def bench_category(category: str = "bottle") -> BenchRow:
@@ -110,4 +157,4 @@ def bench_category(category: str = "bottle") -> BenchRow:
 
 def run() -> list[BenchRow]:
     """All Gaussian AD benchmarks."""
-    return [bench_ledoit_wolf(), bench_extraction(), bench_category()]
+    return [bench_ledoit_wolf(), *bench_extraction(), bench_category()]

@@ -17,9 +17,11 @@ They differ only in stride-2 convolutions whose input size has another parity th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +29,7 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 import folder_locations
 from common.checksums import read_sha256sums
@@ -165,6 +168,19 @@ class SameConv2d(nn.Conv2d):
         """Pad (left, right, top, bottom) then convolve; (N, C, H, W) → (N, C', ⌈H/s⌉, ⌈W/s⌉) at the fixed size."""
         return super().forward(F.pad(x, self.pad) if any(self.pad) else x)
 
+    def pad_in_kernel(self) -> None:
+        """Turn an asymmetric padding (p, p + 1) into padding p + 1 around a kernel with a zero first row and column.
+
+        Every output sums the same products (the added taps weigh 0), and no padded copy of the input is made: that
+        copy took ~3/4 of the time of B4's first stride-2 depthwise convolution (380 px, batch 4). No-op if the
+        padding is symmetric.
+        """
+        if not any(self.pad):
+            return
+        before = self.pad[0]
+        self.weight = nn.Parameter(F.pad(self.weight.detach(), (1, 0, 1, 0)), requires_grad=self.weight.requires_grad)
+        self.kernel_size, self.padding, self.pad = tuple(self.weight.shape[2:]), (before + 1, before + 1), (0, 0, 0, 0)
+
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=BN_MOMENTUM, eps=BN_EPS)
@@ -203,14 +219,17 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(N, C_in, H, W) → (N, C_out, H', W'); drop-connect is a training-only op and absent here."""
+        """(N, C_in, H, W) → (N, C_out, H', W'); drop-connect is a training-only op and absent here.
+
+        The excitation and the residual are applied in place, to tensors this call created (no copy of the map).
+        """
         x = self.activation(self._bn0(self._expand_conv(inputs))) if self.expand else inputs
         x = self.activation(self._bn1(self._depthwise_conv(x)))
         if self.squeeze_excite:
             squeezed = self._se_expand(self.activation(self._se_reduce(x.mean(dim=(2, 3), keepdim=True))))
-            x = torch.sigmoid(squeezed) * x
+            x = x.mul_(torch.sigmoid(squeezed))
         x = self._bn2(self._project_conv(x))
-        return x + inputs if self.residual else x
+        return x.add_(inputs) if self.residual else x
 
 
 class EfficientNetFeatures(nn.Module):
@@ -307,6 +326,50 @@ class EfficientNetFeatures(nn.Module):
         if key.startswith("_blocks."):
             return int(key.split(".")[1]) >= len(self._blocks)
         return False
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def _conv_norm_pairs(model: EfficientNetFeatures) -> Iterator[tuple[nn.Module, str, str]]:
+    """(module, convolution name, BatchNorm name) of every convolution followed by a BatchNorm."""
+    yield model, "_conv_stem", "_bn0"
+    for block in model._blocks:
+        if block.expand:
+            yield block, "_expand_conv", "_bn0"
+        yield block, "_depthwise_conv", "_bn1"
+        yield block, "_project_conv", "_bn2"
+    if model.deepest_level == N_LEVELS:
+        yield model, "_conv_head", "_bn1"
+
+
+def fold_batchnorm(model: EfficientNetFeatures) -> EfficientNetFeatures:
+    """An eval-only copy of ``model`` with each BatchNorm folded into the convolution before it.
+
+    The convolution gets weight w·γ/√(σ²+ε) and bias β − μ·γ/√(σ²+ε) (running statistics); the BatchNorm becomes an
+    identity. Its levels equal ``model.eval()``'s up to float rounding; its state dict has other keys.
+    """
+    folded = copy.deepcopy(model).eval().requires_grad_(False)
+    for module, conv_name, norm_name in _conv_norm_pairs(folded):
+        conv, norm = getattr(module, conv_name), getattr(module, norm_name)
+        conv.weight, conv.bias = fuse_conv_bn_weights(  # in place: fuse_conv_bn_eval would copy the conv once more
+            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+        )
+        setattr(module, norm_name, nn.Identity())
+    return folded
+
+
+def inference_model(model: EfficientNetFeatures) -> EfficientNetFeatures:
+    """The eval-only copy feature extraction runs: BatchNorm folded, activations in place, asymmetric paddings in
+    the kernels (:meth:`SameConv2d.pad_in_kernel`), channels-last weights.
+
+    Run it under ``torch.inference_mode()`` on channels-last images; its levels equal ``model.eval()``'s up to
+    float rounding (tested to 1e-5 of each level's scale).
+    """
+    fast = fold_batchnorm(model)
+    fast.activation.inplace = True  # every activation gets a tensor its own call created
+    for module in fast.modules():
+        if isinstance(module, SameConv2d):
+            module.pad_in_kernel()
+    return fast.to(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------------------ weights

@@ -1,4 +1,5 @@
-"""Our EfficientNet taps against the efficientnet_pytorch / efficientnet-lite-pytorch packages (test-only deps)."""
+"""Our EfficientNet taps against the efficientnet_pytorch / efficientnet-lite-pytorch packages (test-only deps), and
+the inference copy feature extraction runs (BatchNorm folded, in place, channels-last) against the model itself."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import pytest
 import torch
 
 from common.errors import DataError, MissingDataError
+from gaussian_ad import engine
 from gaussian_ad.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     WEIGHTS_SHA256,
     EfficientNetFeatures,
+    SameConv2d,
+    fold_batchnorm,
+    inference_model,
     lite0_weights_path,
     load_weights,
     pretrained_features,
@@ -160,3 +167,95 @@ def test_missing_b_weights_name_the_file_and_the_url(tmp_path, monkeypatch: pyte
         weights_path("efficientnet-b4", allow_download=False)
     monkeypatch.setitem(WEIGHTS_SHA256, placed.name, hashlib.sha256(b"").hexdigest())
     assert weights_path("efficientnet-b4", allow_download=False) == placed
+
+
+# ------------------------------------------------------------------------------------------------ inference copy
+FEATURE_TOLERANCE = 1e-5  # max |difference| of a level, relative to its largest |value|
+
+
+def _assert_levels_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    assert len(got) == len(want)
+    for level, (a, b) in enumerate(zip(got, want, strict=True), start=1):
+        assert a.shape == b.shape, f"L{level}"
+        assert float((a - b).abs().max()) <= FEATURE_TOLERANCE * float(b.abs().max()), f"L{level}"
+
+
+def _random_model(name: str, padding: str, size: int, deepest_level: int = 9) -> EfficientNetFeatures:
+    """Random weights and BatchNorm statistics (the defaults would make folding the identity), eval mode."""
+    model = EfficientNetFeatures(name, padding, image_size=size, deepest_level=deepest_level)
+    _randomise_batch_norm(model, torch.Generator().manual_seed(4))
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "padding", "deepest_level"),
+    [("efficientnet-b0", "0.6.3", 9), ("efficientnet-b0", "0.7", 4), ("efficientnet-lite0", "0.7", 9)],
+)
+def test_folded_batchnorm_equals_the_model_on_every_tap(
+    name: str, padding: str, deepest_level: int, one_torch_thread: None
+) -> None:
+    model = _random_model(name, padding, 64, deepest_level)
+    folded = fold_batchnorm(model)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want_maps, want = model(images, pool=False), model(images)
+    with torch.inference_mode():
+        got_maps, got = folded(images, pool=False), folded(images)
+    _assert_levels_close(got_maps, want_maps)
+    _assert_levels_close(got, want)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    assert not any(parameter.requires_grad for parameter in folded.parameters())
+    assert isinstance(model._blocks[0]._bn1, torch.nn.BatchNorm2d)  # a copy: the model keeps its BatchNorms
+
+
+@pytest.mark.parametrize(("kernel", "size", "groups"), [(3, 64, 8), (5, 64, 8), (3, 8, 1), (3, 9, 1), (5, 7, 8)])
+def test_padding_in_the_kernel_gives_the_same_convolution(kernel: int, size: int, groups: int) -> None:
+    conv = SameConv2d(8, 8, kernel, size, stride=2, groups=groups, bias=True)
+    images = torch.randn(2, 8, size, size, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        want = conv(images)
+        padding, kernel_size = conv.padding, conv.kernel_size
+        conv.pad_in_kernel()
+        got = conv(images)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if any(padding):  # symmetric (kernel 3 on 9: (1, 1)): left as it was
+        assert (conv.padding, conv.kernel_size) == (padding, kernel_size)
+    else:
+        assert conv.kernel_size == (kernel + 1, kernel + 1) and not any(conv.pad)
+
+
+def test_inference_model_on_channels_last_input_equals_the_model(one_torch_thread: None) -> None:
+    model = _random_model("efficientnet-b0", "0.6.3", 64)
+    fast = inference_model(model)
+    assert fast.activation.inplace and not model.activation.inplace
+    assert fast._blocks[1]._expand_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model._blocks[1]._depthwise_conv.pad == (0, 1, 0, 1)  # 64 → 32: padded in the kernel in the copy
+    assert not any(any(conv.pad) for conv in fast.modules() if isinstance(conv, SameConv2d))
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want_maps, want = model(images, pool=False), model(images)
+    with torch.inference_mode():
+        channels_last = images.contiguous(memory_format=torch.channels_last)
+        got_maps, got = fast(channels_last, pool=False), fast(channels_last)
+    assert all(level.is_contiguous(memory_format=torch.channels_last) for level in got_maps)
+    _assert_levels_close(got_maps, want_maps)
+    _assert_levels_close(got, want)
+
+
+def test_feature_extraction_runs_the_inference_model(monkeypatch: pytest.MonkeyPatch, one_torch_thread: None) -> None:
+    model = _random_model("efficientnet-b0", "0.6.3", 32)
+    made: list[EfficientNetFeatures] = []
+
+    def recorded(backbone: EfficientNetFeatures) -> EfficientNetFeatures:
+        made.append(inference_model(backbone))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "inference_model", recorded)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    levels = engine.extract_features(model, images, torch.device("cpu"), batch_size=2, progress=False)
+    assert len(made) == 1 and made[0] is not model
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    with torch.no_grad():
+        want = model((images.float() / 255 - mean) / std)
+    _assert_levels_close(levels, want)
+    assert model._conv_stem.weight.is_contiguous() and isinstance(model._bn0, torch.nn.BatchNorm2d)  # untouched
