@@ -2,7 +2,8 @@
 
 ``python -m bench`` runs all; ``python -m bench metrics pipeline`` runs the named ones. ``python -m bench steps``
 (:mod:`bench.bench_steps`, minutes: seconds per training step of each paper's paper-size model) prints its own
-table and runs only when named.
+table and runs only when named, as does ``python -m bench invglow_memory`` (:mod:`bench.bench_invglow_memory`, the
+peak memory of a paper-size InvGlow step).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from bench.timing import ReferenceUnavailable, markdown_table
 
-SEPARATE = ("steps",)
+SEPARATE = ("steps", "invglow_memory")
 """Benchmarks that print their own table (``report() -> str``) and run only when named."""
 
 

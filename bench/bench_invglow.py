@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -36,25 +37,25 @@ from common.tiny_builder import build_tiny_subset
 from invglow.models import Glow, initialize_actnorms
 
 # A checkout or bare git snapshot of boschresearch/hierarchical_anomaly_detection (imported, never copied).
-_ORIGINAL = Path(os.environ.get("INVGLOW_ORIGINAL", "")) if os.environ.get("INVGLOW_ORIGINAL") else None
-_BATCH = 64
-_SHAPE = (3, 32, 32)
-_REPEAT = int(os.environ.get("INVGLOW_BENCH_REPEAT", "2"))  # a paper-size CPU step takes 10-20 s on 2 cores
-_STEPS = int(os.environ.get("INVGLOW_BENCH_STEPS", "32"))  # K per scale
-_STEP_NAME = f"invglow train step, paper config{'' if _STEPS == 32 else f' but K={_STEPS}'}"
+ORIGINAL = Path(os.environ.get("INVGLOW_ORIGINAL", "")) if os.environ.get("INVGLOW_ORIGINAL") else None
+BATCH = 64
+SHAPE = (3, 32, 32)
+REPEAT = int(os.environ.get("INVGLOW_BENCH_REPEAT", "2"))  # a paper-size CPU step takes 10-20 s on 2 cores
+STEPS = int(os.environ.get("INVGLOW_BENCH_STEPS", "32"))  # K per scale
+_STEP_NAME = f"invglow train step, paper config{'' if STEPS == 32 else f' but K={STEPS}'}"
 
 
-def _original_source(folder: Path) -> Path | None:
-    """A folder holding the original ``invglow`` package: ``_ORIGINAL`` itself, or its files extracted into
-    ``folder`` when ``_ORIGINAL`` is a bare git snapshot; None when neither exists."""
-    if _ORIGINAL is None:
+def original_source(folder: Path) -> Path | None:
+    """A folder holding the original ``invglow`` package: ``ORIGINAL`` itself, or its files extracted into
+    ``folder`` when ``ORIGINAL`` is a bare git snapshot; None when neither exists."""
+    if ORIGINAL is None:
         return None
-    if (_ORIGINAL / "invglow" / "models" / "glow.py").is_file():
-        return _ORIGINAL
-    if not (_ORIGINAL / "HEAD").is_file():
+    if (ORIGINAL / "invglow" / "models" / "glow.py").is_file():
+        return ORIGINAL
+    if not (ORIGINAL / "HEAD").is_file():
         return None
     archive = subprocess.run(
-        ["git", f"--git-dir={_ORIGINAL}", "archive", "HEAD", "invglow"], capture_output=True, check=True
+        ["git", f"--git-dir={ORIGINAL}", "archive", "HEAD", "invglow"], capture_output=True, check=True
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
@@ -62,14 +63,14 @@ def _original_source(folder: Path) -> Path | None:
 
 
 @contextlib.contextmanager
-def _original_package(source: Path) -> Iterator[object]:
+def original_package(source: Path) -> Iterator[tuple[ModuleType, ModuleType]]:
     """Import the original ``invglow.models.glow`` with our ``invglow`` modules set aside, then restore ours."""
     ours = {name: module for name, module in sys.modules.items() if name == "invglow" or name.startswith("invglow.")}
     for name in ours:
         del sys.modules[name]
     sys.path.insert(0, str(source))
     try:
-        import invglow.invertible.init as original_init  # the original's, from _ORIGINAL
+        import invglow.invertible.init as original_init  # the original's, from ORIGINAL
         import invglow.models.glow as original_glow
 
         yield original_glow, original_init
@@ -80,40 +81,69 @@ def _original_package(source: Path) -> Iterator[object]:
         sys.modules.update(ours)
 
 
-def _step_function(model: torch.nn.Module, log_density: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+def step_function(
+    model: torch.nn.Module, log_density: Callable[[torch.Tensor], torch.Tensor], device: str = "cpu"
+) -> Callable[[], None]:
+    """One Adamax training step of ``model`` (moved to ``device``) on a fixed random batch, as a function."""
+    model.to(device)
     optimizer = torch.optim.Adamax(model.parameters(), lr=5e-4, weight_decay=5e-5)
-    images = torch.rand(_BATCH, *_SHAPE) - 0.5
+    images = (torch.rand(BATCH, *SHAPE) - 0.5).to(device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         (-log_density(images).mean()).backward()
         optimizer.step()
+        if images.is_cuda:
+            torch.cuda.synchronize()
 
     return step
 
 
-def _glow_rows() -> list[BenchRow]:
+def our_model(checkpoint_segment: int | None = None) -> Glow:
+    """Our Glow of the paper configuration (K = ``STEPS``), seeded, its ActNorms initialised on a random batch."""
     torch.manual_seed(0)
-    ours = Glow(_SHAPE, n_scales=3, steps=_STEPS, hidden=512)
-    initialize_actnorms(ours, torch.rand(_BATCH, *_SHAPE) - 0.5)
-    our_step = _step_function(ours, lambda x: ours(x)[1].sum(1))
+    model = Glow(SHAPE, n_scales=3, steps=STEPS, hidden=512, checkpoint_segment=checkpoint_segment)
+    initialize_actnorms(model, torch.rand(BATCH, *SHAPE) - 0.5)
+    return model
+
+
+def our_step(model: Glow, device: str = "cpu") -> Callable[[], None]:
+    """:func:`step_function` of our ``model``."""
+    return step_function(model, lambda x: model(x)[1].sum(1), device)
+
+
+def original_model(original_glow: ModuleType, original_init: ModuleType) -> torch.nn.Module:
+    """The original's ``create_glow_model`` at the paper configuration, its ActNorms initialised on a random batch
+    (the line it prints per layer silenced)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = original_glow.create_glow_model(
+            hidden_channels=512, K=STEPS, L=3, flow_permutation="invconv", flow_coupling="affine",
+            LU_decomposed=True, n_chans=3,
+        )  # fmt: skip
+        original_init.init_all_modules(model, torch.rand(BATCH, *SHAPE) - 0.5)
+    return model
+
+
+def original_step(model: torch.nn.Module, device: str = "cpu") -> Callable[[], None]:
+    """:func:`step_function` of the original's ``model``."""
+    return step_function(model, lambda x: model(x, fixed={"y": None})[1], device)
+
+
+def _glow_rows() -> list[BenchRow]:
+    ours = our_model()
+    ours_step = our_step(ours)
     with torch.no_grad():
-        our_eval = best_time(lambda: ours(torch.rand(_BATCH, *_SHAPE) - 0.5), repeat=_REPEAT)
+        our_eval = best_time(lambda: ours(torch.rand(BATCH, *SHAPE) - 0.5), repeat=REPEAT)
     rows = [BenchRow("invglow eval forward, batch 64 (s per batch)", our_eval, "—", our_eval, note="no reference")]
     with tempfile.TemporaryDirectory() as folder:
-        source = _original_source(Path(folder))
+        source = original_source(Path(folder))
         if source is None:
-            note = f"original code not found ({_ORIGINAL}): set INVGLOW_ORIGINAL to its checkout"
-            our_time = best_time(our_step, repeat=_REPEAT)
+            note = f"original code not found ({ORIGINAL}): set INVGLOW_ORIGINAL to its checkout"
+            our_time = best_time(ours_step, repeat=REPEAT)
             return [BenchRow(_STEP_NAME, our_time, "original", float("nan"), note=note), *rows]
-        with _original_package(source) as (original_glow, original_init):
-            model = original_glow.create_glow_model(
-                hidden_channels=512, K=_STEPS, L=3, flow_permutation="invconv", flow_coupling="affine",
-                LU_decomposed=True, n_chans=3,
-            )  # fmt: skip
-            original_init.init_all_modules(model, torch.rand(_BATCH, *_SHAPE) - 0.5)
-            original_step = _step_function(model, lambda x: model(x, fixed={"y": None})[1])
-            our_time, reference = best_times_interleaved([our_step, original_step], repeat=_REPEAT)
+        with original_package(source) as (original_glow, original_init):
+            model = original_model(original_glow, original_init)
+            our_time, reference = best_times_interleaved([ours_step, original_step(model)], repeat=REPEAT)
     n_ours, n_original = (sum(p.numel() for p in m.parameters()) for m in (ours, model))
     note = f"batch 64, 3×32×32, Adamax, steps interleaved; parameters ours {n_ours:,} vs original {n_original:,}"
     return [

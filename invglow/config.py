@@ -18,6 +18,8 @@ from common.cells import Settings
 from common.overrides import dataset_field
 from invglow.flows import CouplingKind
 
+MemorySaving = Literal["none", "checkpoint"]
+
 
 @dataclass(frozen=True)
 class GlowConfig:
@@ -32,6 +34,10 @@ class GlowConfig:
         coupling: ``"affine"`` (all results) or ``"additive"``.
         lu: LU-decomposed 1×1 convolutions (``LU_decomposed=True``).
         dense: the fully connected variant (the original ran it with K = 8 and frozen orthogonal mixing).
+        memory_saving: ``"none"`` (the faster path) keeps every activation for the backward pass;
+            ``"checkpoint"`` keeps the input of every ``models.CHECKPOINT_SEGMENT`` flow steps only and recomputes
+            the rest in the backward pass (activation checkpointing: less memory for one more forward pass, the
+            same gradients), in every model :func:`~invglow.models.build_model` builds.
     """
 
     channels: int = 3
@@ -42,6 +48,7 @@ class GlowConfig:
     coupling: CouplingKind = "affine"
     lu: bool = True
     dense: bool = False
+    memory_saving: MemorySaving = "none"
 
 
 NonFiniteExamples = Literal["recompute", "skip_step"]

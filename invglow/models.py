@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from invglow.config import InvGlowConfig
 from invglow.flows import ActNorm, CouplingKind, FlowStep, Squeeze
@@ -28,6 +29,11 @@ ModelKind = Literal["full", "local", "dense"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("full", "local", "dense")
 
 _LOG_2PI = math.log(2 * math.pi)
+
+CHECKPOINT_SEGMENT = 1
+"""Flow steps per checkpointed segment with ``GlowConfig.memory_saving="checkpoint"``: each step's input is kept,
+everything inside a step recomputed in the backward pass. Smaller segments need less memory for the same extra
+forward pass (``python -m bench invglow_memory``, README "Performance")."""
 
 
 def standard_normal_log_prob(u: torch.Tensor) -> torch.Tensor:
@@ -67,6 +73,19 @@ class ScalePrior(nn.Module):
         return self.norm.inverse(u)
 
 
+def flow_through(steps: nn.ModuleList, h: torch.Tensor, logdet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` applied to ``h`` in order, each step's log-det added to ``logdet``: (h, logdet)."""
+    for step in steps:
+        h, step_logdet = step(h)
+        logdet = logdet + step_logdet
+    return h, logdet
+
+
+def actnorms_initialized(module: nn.Module) -> bool:
+    """Whether every :class:`~invglow.flows.ActNorm` inside ``module`` has been initialised."""
+    return all(bool(m.initialized) for m in module.modules() if isinstance(m, ActNorm))
+
+
 class Glow(nn.Module):
     """Multi-scale Glow returning per-scale log-densities.
 
@@ -79,6 +98,9 @@ class Glow(nn.Module):
         lu: LU-decomposed 1×1 convolutions (paper: True).
         dense: the fully connected variant (original ``block_type='dense'``, used with K = 8): every step works on
             the flattened tensor of its scale (see :class:`~invglow.flows.FlowStep`).
+        checkpoint_segment: None (default, the faster path) keeps every activation for the backward pass; n
+            keeps only the input of every n flow steps and recomputes the rest in the backward pass (activation
+            checkpointing: less memory, one more forward pass; the same gradients, bit for bit).
     """
 
     def __init__(
@@ -90,11 +112,15 @@ class Glow(nn.Module):
         coupling: CouplingKind = "affine",
         lu: bool = True,
         dense: bool = False,
+        checkpoint_segment: int | None = None,
     ) -> None:
         super().__init__()
         channels, height, width = in_shape
         if n_scales < 1 or steps < 1 or hidden < 1:
             raise ValueError(f"n_scales, steps, hidden: expected positive, got {n_scales}, {steps}, {hidden}")
+        if checkpoint_segment is not None and checkpoint_segment < 1:
+            raise ValueError(f"checkpoint_segment: expected None or positive, got {checkpoint_segment}")
+        self.checkpoint_segment = checkpoint_segment
         if height % 2**n_scales or width % 2**n_scales:
             raise ValueError(f"in_shape: height and width must be divisible by 2**{n_scales}, got {in_shape}")
         self.in_shape = tuple(in_shape)
@@ -137,15 +163,23 @@ class Glow(nn.Module):
         h = x
         for k, (steps, prior) in enumerate(zip(self.scales, self.priors, strict=True)):
             h, _ = self.squeeze(h)
-            logdet = h.new_zeros(h.shape[0])
-            for step in steps:
-                h, step_logdet = step(h)
-                logdet = logdet + step_logdet
+            h, logdet = self._flow(steps, h, h.new_zeros(h.shape[0]))
             z, h = h.chunk(2, dim=1) if k < len(self.scales) - 1 else (h, None)
             u, prior_lp = prior(z)
             latents.append(u)
             per_scale.append(logdet + prior_lp)
         return latents, torch.stack(per_scale, dim=1)
+
+    def _flow(self, steps: nn.ModuleList, h: torch.Tensor, logdet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``steps`` applied to ``h``, their log-dets added to ``logdet``; in checkpointed segments of
+        ``checkpoint_segment`` steps when gradients are recorded and every ActNorm of ``steps`` is initialised (a
+        data-dependent initialisation must run once, not again in the recomputation)."""
+        size = self.checkpoint_segment
+        if size is None or not torch.is_grad_enabled() or not actnorms_initialized(steps):
+            return flow_through(steps, h, logdet)
+        for start in range(0, len(steps), size):
+            h, logdet = checkpoint(flow_through, steps[start : start + size], h, logdet, use_reentrant=False)
+        return h, logdet
 
     def inverse(self, latents: list[torch.Tensor]) -> torch.Tensor:
         """Images from per-scale latents u_k (the inverse of :meth:`forward`'s first output)."""
@@ -262,6 +296,7 @@ class PatchGlow(nn.Module):
         hidden: coupling-net width (512).
         coupling: ``"affine"`` or ``"additive"``.
         lu: LU-decomposed 1×1 convolutions.
+        checkpoint_segment: activation checkpointing of the patch Glow (:class:`Glow`); None: off.
     """
 
     def __init__(
@@ -272,6 +307,7 @@ class PatchGlow(nn.Module):
         hidden: int = 512,
         coupling: CouplingKind = "affine",
         lu: bool = True,
+        checkpoint_segment: int | None = None,
     ) -> None:
         super().__init__()
         channels, height, width = in_shape
@@ -279,7 +315,9 @@ class PatchGlow(nn.Module):
             raise ValueError(f"in_shape: height and width must be divisible by patch={patch}, got {in_shape}")
         self.in_shape = tuple(in_shape)
         self.patch = patch
-        self.glow = Glow((channels, patch, patch), n_scales=1, steps=steps, hidden=hidden, coupling=coupling, lu=lu)
+        self.glow = Glow(
+            (channels, patch, patch), 1, steps, hidden, coupling, lu, checkpoint_segment=checkpoint_segment
+        )
 
     @property
     def n_dims(self) -> int:
@@ -327,14 +365,18 @@ def build_model(config: InvGlowConfig, kind: ModelKind = "full") -> Glow | Patch
     All three have ``config.glow``'s channels, image size, coupling and width (the original hard-codes 512 hidden
     units for every model); the local one has ``patch_steps`` steps on one scale, the dense one the Glow's scales
     with ``dense_steps`` steps each and frozen orthogonal mixing instead of (LU) 1×1 convolutions. Only the full
-    Glow follows ``config.glow.dense``.
+    Glow follows ``config.glow.dense``; all three follow ``config.glow.memory_saving``.
     """
     glow, local = config.glow, config.local_semantic
     shape = (glow.channels, glow.image_size, glow.image_size)
+    segment = CHECKPOINT_SEGMENT if glow.memory_saving == "checkpoint" else None
     if kind == "full":
-        return Glow(shape, glow.n_scales, glow.steps, glow.hidden, glow.coupling, glow.lu, glow.dense)
+        return Glow(shape, glow.n_scales, glow.steps, glow.hidden, glow.coupling, glow.lu, glow.dense, segment)
     if kind == "local":
-        return PatchGlow(shape, local.patch_size, local.patch_steps, glow.hidden, glow.coupling, glow.lu)
+        return PatchGlow(shape, local.patch_size, local.patch_steps, glow.hidden, glow.coupling, glow.lu, segment)
     if kind == "dense":
-        return Glow(shape, glow.n_scales, local.dense_steps, local.dense_hidden, glow.coupling, lu=False, dense=True)
+        return Glow(
+            shape, glow.n_scales, local.dense_steps, local.dense_hidden, glow.coupling, lu=False, dense=True,
+            checkpoint_segment=segment,
+        )  # fmt: skip
     raise ValueError(f"kind: expected one of {', '.join(MODEL_KINDS)}, got {kind!r}")
