@@ -674,7 +674,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, cells: bool) -> None:
         "--smoke",
         action="store_const",
         const=True,
-        help="the scale's configuration; every training 2 steps, every evaluation 2 batches per set, ≤ 8 images each",
+        help="the scale's configuration; every training 2 steps, every evaluation 2 batches per set, ≤ 4 images each",
     )
     parser.add_argument("--output", type=Path, help=f"runs root (default {folder_locations.runs_root()})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -1,5 +1,5 @@
 """Smoke runs (``--smoke``): the configuration as it is, but every training 2 steps and every evaluation ≤ 2 batches,
-each batch of at most 8 images.
+each batch of at most 4 images.
 
 A smoke run goes through every model, stage, dataset, score and table of a scale in minutes, the convention of
 Lightning's ``fast_dev_run``; its numbers mean nothing. The runner turns the limits on around each cell of a run
@@ -9,9 +9,9 @@ initialisation reads as many batches, :func:`training_batches`), the evaluation 
 :data:`EVALUATION_BATCHES` batches of each set (:func:`evaluation_subset`), and every batch holds at most
 :data:`BATCH_IMAGES` images (:func:`capped_batch_size`). That last limit is what lets a smoke run of the paper-size
 models finish on a CPU: one step of the paper's Glow at its batch of 64 takes 15–20 s on 2 cores, an evaluation
-batch of 512 a minute, while every code path a batch goes through is the same at 8 images (per process, several per
-rank). The configuration recorded in ``config.json`` keeps the configured batch sizes, and the global-batch checks
-of data-parallel runs apply to them.
+batch of 512 a minute, while every code path a batch goes through is the same at 4 images (per process, two per
+rank of a two-process run). The configuration recorded in ``config.json`` keeps the configured batch sizes, and
+the global-batch checks of data-parallel runs apply to them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 
 TRAINING_STEPS = 2
 EVALUATION_BATCHES = 2
-BATCH_IMAGES = 8
+BATCH_IMAGES = 4
 TABLE_MARK = " [smoke run: numbers mean nothing]"
 """Appended to the title of every table a smoke run assembles."""
 

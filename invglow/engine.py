@@ -237,20 +237,27 @@ def _outlier_term(
     return outlier_loss(log_density_out, log_density_base, config.weight, config.temperature)  # type: ignore[arg-type]
 
 
-def create_evaluator(model: Flow, evaluation: EvalSets, base_model: Glow | None = None) -> Engine:
+def create_evaluator(
+    model: Flow, evaluation: EvalSets, base_model: Glow | None = None, base_likelihoods: torch.Tensor | None = None
+) -> Engine:
     """Evaluation engine over the batches of :func:`eval_loader` (``evaluation``'s images in order).
 
     After a run, ``state.metrics[LIKELIHOODS]`` holds every image's per-scale log-densities (see
     :data:`LIKELIHOODS`) and ``state.metrics`` the :func:`invglow.scores.evaluate_sets` results against
     ``evaluation.set_ids`` (set 0 = the in-distribution test set).
+
+    The general (Tiny) model is fixed: its log-densities on ``evaluation`` (``"base"``) are computed with
+    ``base_model`` in the first run only and reused in the next ones, or taken from ``base_likelihoods`` (N, L')
+    when given (:mod:`invglow.base_likelihoods`) without running ``base_model`` at all.
     """
+    known = {"base": base_likelihoods}
 
     @torch.no_grad()
     def step(engine: Engine, batch: Any) -> dict[str, torch.Tensor]:
         images, _ = batch
         model.eval()
         output = {"fine": model(images)[1]}
-        if base_model is not None:
+        if base_model is not None and known["base"] is None:
             base_model.eval()
             output["base"] = base_model(images)[1]
         return output
@@ -262,6 +269,10 @@ def create_evaluator(model: Flow, evaluation: EvalSets, base_model: Glow | None 
 
     def score(engine: Engine) -> None:
         likelihoods = engine.state.metrics[LIKELIHOODS]
+        if known["base"] is None:
+            known["base"] = likelihoods.get("base")
+        else:
+            likelihoods["base"] = known["base"]
         if len(likelihoods["fine"]) != len(evaluation.set_ids):
             raise RuntimeError(f"evaluated {len(likelihoods['fine'])} images, expected {len(evaluation.set_ids)}")
         scores = evaluate_sets(
@@ -361,6 +372,7 @@ def fit(
     base_model: Glow | None = None,
     outlier: OutlierLossConfig | None = None,
     outlier_images: torch.Tensor | None = None,
+    base_likelihoods: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``train.epochs`` epochs in ``folder`` and return its final evaluation's metrics.
 
@@ -369,7 +381,8 @@ def fit(
     A training resumes from the newest intact checkpoint in ``folder``; one whose checkpoint is of the last epoch is
     only evaluated again. A model without ``base_model`` is trained from scratch: its ActNorms are initialised from
     the first ``train.init_batches`` training batches; a finetuned model starts from the (initialised) Tiny model.
-    ``outlier`` adds its loss on one batch of ``outlier_images`` beside every training batch.
+    ``outlier`` adds its loss on one batch of ``outlier_images`` beside every training batch. ``base_likelihoods``:
+    ``base_model``'s log-densities on ``evaluation``, if known (:func:`create_evaluator`).
 
     Under ``ignite.distributed`` every rank calls ``fit`` with the same arguments (``device`` = ``idist.device()``):
     ``train.batch_size`` is the global batch, each rank trains on its block of it through DDP, and the run follows
@@ -380,7 +393,7 @@ def fit(
         The final evaluator's ``state.metrics`` (:func:`create_evaluator`), ``steps`` and ``skipped_steps``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    evaluator = create_evaluator(model, evaluation, base_model)
+    evaluator = create_evaluator(model, evaluation, base_model, base_likelihoods)
     loader = eval_loader(evaluation, train.eval_batch_size, device)
     seed_everything(seed)
     trainer, optimizer, train_loader = _training(
@@ -424,6 +437,7 @@ def evaluate(
     device: torch.device,
     progress: bool = True,
     base_model: Glow | None = None,
+    base_likelihoods: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained ``model`` as :func:`fit` evaluates it after its training, without training it.
 
@@ -434,7 +448,7 @@ def evaluate(
         The evaluator's ``state.metrics`` (:func:`create_evaluator`), ``steps`` and ``skipped_steps`` 0.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    evaluator = create_evaluator(model, evaluation, base_model)
+    evaluator = create_evaluator(model, evaluation, base_model, base_likelihoods)
     attach_progress(evaluator, desc="eval", disable=None if progress else True)  # None: on unless OOD_REPRO_PROGRESS=0
     evaluator.run(eval_loader(evaluation, train.eval_batch_size, device))
     if idist.get_rank() == 0:

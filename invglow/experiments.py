@@ -1,7 +1,8 @@
 """The InvGlow experiments ``main.py`` runs, as cells (Schirrmeister et al., NeurIPS 2020).
 
 ``tables``: per seed, one cell pretrains Glow on (general) Tiny images and saves it as ``model.pt`` in its folder
-(``tiny-pretrain/seed-<s>``). Per in-distribution set and variant, one cell needing it finetunes a copy
+(``tiny-pretrain/seed-<s>``), with its log-densities on every evaluated set, which the finetuning cells reuse
+(:mod:`invglow.base_likelihoods`). Per in-distribution set and variant, one cell needing it finetunes a copy
 (``finetune-<set>/<variant>/seed-<s>``): without outlier loss (``plain``), with the paper's outlier loss, with the
 margin loss, and as the supervised class-conditional model. It scores every other OOD set with the raw
 likelihood, the likelihood ratio to the Tiny model and the final-scale contribution; the plain cell of the first
@@ -42,7 +43,7 @@ from common.preflight import DataNeed
 from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
 from common.trained_models import OriginalModels, load_trained
-from invglow import paper
+from invglow import base_likelihoods, paper
 from invglow.config import InvGlowConfig, TrainConfig, configure, cpu_threads, grey_config
 from invglow.cost import finetune_cost, from_scratch_cost, pretrain_cost
 from invglow.data import (
@@ -180,7 +181,8 @@ def _train(
     if context.settings.checkpoints is None:
         return fit(model, train_set, evaluation, train, context.folder, seed=seed, flip=flip, **where, **more), {}
     source = load_trained(model, context, ORIGINAL_MODELS)
-    return evaluate(model, evaluation, train, context.folder, base_model=more.get("base_model"), **where), source
+    base = {name: more.get(name) for name in ("base_model", "base_likelihoods")}
+    return evaluate(model, evaluation, train, context.folder, **base, **where), source
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -196,6 +198,7 @@ def _pretrain(group: Group, seed: int, context: RunContext) -> dict[str, Any]:
     model = build_model(config).to(context.device)
     train_set = ImageSet(tiny_train, torch.full((len(tiny_train),), -1))
     metrics, source = _train(model, train_set, evaluation, config.pretrain, context, seed=seed, flip=True)
+    base_likelihoods.save(context.folder, evaluation, metrics[LIKELIHOODS]["fine"])  # for the finetuning cells
     return _numbers(metrics) | source
 
 
@@ -223,6 +226,7 @@ def _finetune(group: Group, in_name: str, variant: str, seed: int, context: RunC
         base_model=base_model,
         outlier=outlier,
         outlier_images=tiny_train,
+        base_likelihoods=base_likelihoods.load(pretrained, evaluation),
     )
     values = _numbers(metrics) | source
     if _has_serra(group, config, in_name, variant):

@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import main
 from common.cells import CELL_RESULT
 from common.handlers import CHECKPOINT_DIR
 from common.results import RESULTS_FILE
-from invglow import config, experiments, paper
+from invglow import base_likelihoods, config, experiments, paper
 from invglow.config import DEMO, DataConfig, GlowConfig, InvGlowConfig, TrainConfig
 from invglow.engine import FINAL_MODEL
 
@@ -86,8 +87,18 @@ def _finished(run_dir: Path) -> set[str]:
     return {str(path.parent.relative_to(run_dir)) for path in run_dir.rglob(CELL_RESULT)}
 
 
-def test_one_cell_runs_with_its_prerequisite_only(tiny_config: InvGlowConfig, tmp_path: Path) -> None:
+def test_one_cell_runs_with_its_prerequisite_only(
+    tiny_config: InvGlowConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     finetune = "invglow/tables/finetune-shapes/outlier-loss/seed-0"
+    found = []  # the Tiny model's log-densities the finetuning took from its pretraining cell
+    load = base_likelihoods.load
+
+    def recording_load(*args: Any) -> torch.Tensor | None:
+        found.append(load(*args))
+        return found[-1]
+
+    monkeypatch.setattr(base_likelihoods, "load", recording_load)
     torch.manual_seed(1)  # whatever ran before must not change a cell
     options = main.RunOptions(output=tmp_path, run_name="r", cells=(finetune,), progress=False, device="cpu")
     assert main.run_paper("invglow", ["tables"], options) == []  # the table is not complete
@@ -97,6 +108,7 @@ def test_one_cell_runs_with_its_prerequisite_only(tiny_config: InvGlowConfig, tm
         assert list(folder.glob("events.out.tfevents.*")) and list((folder / CHECKPOINT_DIR).glob("*.pt"))
         assert (folder / FINAL_MODEL).is_file()
     assert (run_dir / "tiny-pretrain/seed-0/data/tiny-images/tiny_subset.json").is_file()  # create_tiny's output
+    assert len(found) == 1 and found[0] is not None and found[0].shape[1] == TINY.glow.n_scales
     values = json.loads((run_dir / "finetune-shapes/outlier-loss/seed-0" / CELL_RESULT).read_text())["values"]
     scores = [
         f"AUROC-{kind}/{ood}" for kind in ("raw", "ratio", "final_scale") for ood in ("digits-rgb", "uniform-noise")

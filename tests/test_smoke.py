@@ -53,19 +53,20 @@ def test_a_smoke_initialisation_reads_as_many_batches_as_the_training_steps():
 
 
 def test_an_evaluation_subset_is_two_batches_spread_over_the_set():
-    assert smoke.evaluation_subset(100, 8) == slice(None)
+    assert smoke.evaluation_subset(100, 4) == slice(None)
     with smoke.smoke_limits(True):
-        assert smoke.evaluation_subset(16, 8) == slice(None)
-        subset = smoke.evaluation_subset(100, 8)
-        assert len(subset) == 16 and subset[0] == 0 and subset[-1] == 99
-        assert torch.all(subset.diff() >= 6)  # evenly spread: 99 / 15 = 6.6 apart
+        assert smoke.evaluation_subset(8, 4) == slice(None)
+        subset = smoke.evaluation_subset(100, 4)
+        assert len(subset) == 8 and subset[0] == 0 and subset[-1] == 99
+        assert torch.all(subset.diff() >= 14)  # evenly spread: 99 / 7 = 14.1 apart
+        assert torch.equal(smoke.evaluation_subset(100, 512), subset)  # batches of the capped size
 
 
-def test_a_smoke_batch_holds_at_most_eight_images_and_a_share_for_every_process():
+def test_a_smoke_batch_holds_at_most_four_images_and_a_share_for_every_process():
     assert smoke.capped_batch_size(512) == 512
     with smoke.smoke_limits(True):
-        assert [smoke.capped_batch_size(size) for size in (1, 5, 8, 64, 512)] == [1, 5, 8, 8, 8]
-        assert [smoke.capped_batch_size(64, world) for world in (2, 3, 16)] == [8, 6, 16]
+        assert [smoke.capped_batch_size(size) for size in (1, 3, 4, 64, 512)] == [1, 3, 4, 4, 4]
+        assert [smoke.capped_batch_size(64, world) for world in (2, 3, 16)] == [4, 3, 16]
         subset = smoke.evaluation_subset(1000, 512)  # two batches of the capped size
         assert len(subset) == 2 * smoke.BATCH_IMAGES
 
@@ -84,10 +85,10 @@ def test_a_smoke_loader_delivers_capped_batches_and_its_ranks_split_them():
 def test_smoke_evaluation_loaders_keep_two_batches_of_every_set():
     sets = [(torch.arange(50.0).reshape(50, 1), torch.zeros(50)), (torch.arange(30.0).reshape(30, 1), -torch.ones(30))]
     with smoke.smoke_limits(True):
-        loaders = evaluation_loaders(sets, batch_size=5)
+        loaders = evaluation_loaders(sets, batch_size=3)
     batches = [batch for loader in loaders for batch in loader]
     labels = torch.cat([labels for _, labels in batches])
-    assert len(batches) == 4 and (labels == 0).sum() == 10 and (labels == -1).sum() == 10
+    assert len(batches) == 4 and (labels == 0).sum() == 6 and (labels == -1).sum() == 6
     assert [loader.images[-1].item() for loader in loaders] == [49.0, 29.0]
 
 
