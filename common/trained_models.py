@@ -11,7 +11,9 @@ Where a cell's model is looked for (:func:`find`), in order:
    experiment, scale and smoke setting, newest first (their ``--set`` overrides may differ: that is a re-scoring).
    In the cell's folder of such a run, once the cell has finished (its ``result.json``): :data:`FINAL_MODEL`, or
    else the newest checkpoint (runs from before every training cell left its ``model.pt``);
-2. the original code's files, through the experiment's :class:`OriginalModels` readers.
+2. the original code's files, through the experiment's :class:`OriginalModels` readers. Each paper's readers look
+   in the cell's :func:`original_folder`, ``DIR/<experiment>/<cell folder>`` (the cell id without its paper), for
+   the file as the original code names it (:func:`last_numbered` picks the newest of several).
 
 Before anything runs, :func:`search` sorts the cells about to run: those whose models are missing, and those that
 need a cell that cannot run; the others run. :func:`missing_listing` says which file was looked for where.
@@ -20,7 +22,8 @@ need a cell that cannot run; the others run. :func:`missing_listing` says which 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -65,6 +68,19 @@ class TrainedModel:
 
     path: Path
     load_into: Callable[[nn.Module], None]
+
+
+def original_folder(root: Path, cell_id: str) -> Path:
+    """Where the original code's file of cell ``cell_id`` is looked for under ``root``: ``<experiment>/<cell
+    folder>``, the cell id without its paper (``invglow/tables/finetune-shapes/plain/seed-0`` →
+    ``root/tables/finetune-shapes/plain/seed-0``)."""
+    return Path(root) / cell_id.split("/")[1] / cell_folder(Path(), cell_id)
+
+
+def last_numbered(paths: Iterable[Path]) -> Path | None:
+    """The path of ``paths`` whose name has the highest numbers, compared as integers from left to right
+    (``10_model.th`` after ``9_model.th``, ``epoch=10.ckpt`` after ``epoch=09.ckpt``), ties by name; None if none."""
+    return max(paths, key=lambda path: ([int(n) for n in re.findall(r"\d+", path.name)], path.name), default=None)
 
 
 def trains(cell: Cell) -> bool:

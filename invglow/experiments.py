@@ -22,15 +22,18 @@ saves them as ``likelihoods.pt``), and its test bits/dim.
 
 Every cell trains through :func:`invglow.engine.fit` in its own folder (tensorboard events, checkpoints, resume);
 in a run with ``--checkpoints DIR`` it loads the model it trained from DIR instead and is only evaluated
-(:func:`invglow.engine.evaluate`, :mod:`common.trained_models`).
+(:func:`invglow.engine.evaluate`, :mod:`common.trained_models`), from a run of this suite or from the original code's
+file in ``DIR/<experiment>/<cell folder>`` (:func:`find_original`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +45,7 @@ from common.files import torch_save_atomically
 from common.preflight import DataNeed
 from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
-from common.trained_models import OriginalModels, load_trained
+from common.trained_models import OriginalModels, last_numbered, load_trained, original_folder
 from invglow import base_likelihoods, paper
 from invglow.config import InvGlowConfig, TrainConfig, configure, cpu_threads, grey_config
 from invglow.cost import finetune_cost, from_scratch_cost, pretrain_cost
@@ -60,6 +63,7 @@ from invglow.data import (
 )
 from invglow.engine import FINAL_MODEL, LIKELIHOODS, Flow, OutlierKind, OutlierLossConfig, evaluate, fit, load_model
 from invglow.models import MODEL_KINDS, ClassConditionalGlow, ModelKind, build_model
+from invglow.original_checkpoints import OurModel, load_original
 from invglow.scores import ScoreKind, anomaly_scores, auroc_percent, png_bits_per_dim, serra_scores
 
 PAPER_NAME = "invglow"
@@ -119,9 +123,10 @@ GREY = Group(
     {"shapes": "Fashion-MNIST", "digits-rgb": "MNIST"},
 )
 MODEL_ROWS: dict[ModelKind, str] = dict(zip(MODEL_KINDS, paper.LOCAL_SEMANTIC_ROWS, strict=True))
-ORIGINAL_MODELS: tuple[OriginalModels, ...] = ()
-"""Readers of the original code's trained Glow files for ``--checkpoints``, tried after this suite's run folders: the
-place for an ``OriginalModels`` whose ``load`` calls ``invglow/original_checkpoints.py``'s ``load_original``."""
+ORIGINAL_TINY_MODEL = "tiny_model.th"
+"""The original ``main.py``'s file of the Tiny-pretrained Glow."""
+ORIGINAL_EPOCH_MODEL = re.compile(r"\d+_model\.th")
+"""The original ``exp.run_exp``'s files of every other model, ``<epoch>_model.th``."""
 
 
 def groups(config: InvGlowConfig) -> list[Group]:
@@ -270,20 +275,25 @@ def tables_cells(config: InvGlowConfig) -> list[Cell]:
         for group in groups(config)
         for s in config.seeds
     ]
-    for group in groups(config):
-        sets = group_config(config, group)
-        for in_name in sets.data.in_distribution:
-            for variant in group.variants:
-                found += [
-                    Cell(
-                        finetune_id(group, in_name, variant, s),
-                        partial(_finetune, group, in_name, variant, s),
-                        needs=(pretrain_id(group, s),),
-                        cost=finetune_cost(sets, in_name, outliers=VARIANTS[variant] is not None),
-                    )
-                    for s in config.seeds
-                ]
+    found += [
+        Cell(
+            finetune_id(group, in_name, variant, s),
+            partial(_finetune, group, in_name, variant, s),
+            needs=(pretrain_id(group, s),),
+            cost=finetune_cost(group_config(config, group), in_name, outliers=VARIANTS[variant] is not None),
+        )
+        for group, in_name, variant, s in finetunings(config)
+    ]
     return found
+
+
+def finetunings(config: InvGlowConfig) -> Iterator[tuple[Group, str, str, int]]:
+    """(group, in-distribution set, variant, seed) of every finetuning cell, in the order of the cells."""
+    for group in groups(config):
+        for in_name in group_config(config, group).data.in_distribution:
+            for variant in group.variants:
+                for seed in config.seeds:
+                    yield group, in_name, variant, seed
 
 
 def row_label(config: InvGlowConfig, row: str) -> str:
@@ -426,6 +436,43 @@ def global_batches(config: InvGlowConfig) -> dict[str, int]:
         "finetune.batch_size": config.finetune.batch_size,
         "local_semantic.train.batch_size": config.local_semantic.train.batch_size,
     }
+
+
+# ----------------------------------------------------------------------------------------------- original files
+def cell_config(config: InvGlowConfig, cell_id: str) -> InvGlowConfig:
+    """The configuration cell ``cell_id`` builds its model with: its group's (:func:`group_config`, the grey one for
+    a ``-grey`` cell) for a ``tables`` cell, ``config`` itself for a ``local_vs_semantic`` cell."""
+    table_groups = {pretrain_id(group, s): group for group in groups(config) for s in config.seeds}
+    table_groups |= {finetune_id(*parts): parts[0] for parts in finetunings(config)}
+    group = table_groups.get(cell_id)
+    return config if group is None else group_config(config, group)
+
+
+def find_original(cell_id: str, root: Path) -> Path | None:
+    """The original code's file of cell ``cell_id`` under ``root``: in its :func:`original_folder`,
+    :data:`ORIGINAL_TINY_MODEL` for a Tiny pretraining, else the ``<epoch>_model.th`` of the highest epoch."""
+    folder = original_folder(root, cell_id)
+    seed = int(cell_id.rsplit("/seed-", 1)[1])
+    if cell_id in {pretrain_id(group, seed) for group in (RGB, GREY)}:
+        return folder / ORIGINAL_TINY_MODEL if (folder / ORIGINAL_TINY_MODEL).is_file() else None
+    return last_numbered(path for path in folder.glob("*_model.th") if ORIGINAL_EPOCH_MODEL.fullmatch(path.name))
+
+
+def load_original_model(path: Path, cell_id: str, config: InvGlowConfig) -> OurModel:
+    """Our model of the original's file ``path`` (a Glow, dense Glow, local Glow or class-conditional Glow, as the
+    file holds), shaped by the configuration of cell ``cell_id``."""
+    return load_original(path, cell_config(config, cell_id))
+
+
+ORIGINAL_MODELS: tuple[OriginalModels, ...] = (
+    OriginalModels(
+        "the original code's Glow files (th.save of the model): DIR/<experiment>/<cell folder>/tiny_model.th for a "
+        "Tiny pretraining, else the <epoch>_model.th of the highest epoch there",
+        find_original,
+        load_original_model,
+    ),
+)
+"""Readers of the original code's trained Glow files for ``--checkpoints``, tried after this suite's run folders."""
 
 
 PAPER = Paper(

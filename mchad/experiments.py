@@ -5,23 +5,25 @@ Paper: Kirchheim, Filax, Ortmeier, "Multi-Class Hypersphere Anomaly Detection", 
 A cell ``mchad/main_table/<dataset>/<method>/seed-<s>`` trains one model with :func:`mchad.engine.fit` in its folder
 (tensorboard, checkpoints) and returns its final test metrics; it needs no other cell. In a run with
 ``--checkpoints DIR`` it loads the model it trained from DIR instead and only tests it (:func:`mchad.engine.evaluate`,
-:mod:`common.trained_models`). The table aggregates like the
+:mod:`common.trained_models`), from a run of this suite or from the original code's file in
+``DIR/main_table/<cell folder>`` (:func:`find_original`). The table aggregates like the
 original notebook (reference mchad.md §3.4): one row per (seed, OOD set), in percent, mean and SEM (ddof 1) over all
 rows, accuracy repeated in each row. A second table gives the AUROC per OOD set (mean and SEM over seeds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets.svhn import split_file
 from common.preflight import DataNeed, DatasetNeed, FileNeed
 from common.results import ResultRow, Spread, stand_in_note, summary_row
-from common.trained_models import OriginalModels, load_trained
+from common.trained_models import FINAL_MODEL, OriginalModels, last_numbered, load_trained, original_folder
 from mchad import paper, pretrained
 from mchad.config import (
     HELD_OUT_DIGITS,
@@ -35,6 +37,8 @@ from mchad.config import (
 from mchad.cost import cell_cost
 from mchad.data import ImageCache
 from mchad.engine import build_model, evaluate, fit
+from mchad.models import CenterNet
+from mchad.original_checkpoints import load_original
 
 NAME = "mchad"
 EXPERIMENT = "main_table"
@@ -48,9 +52,8 @@ COLUMN_KEYS = {  # the paper's column → key of common.metrics.ood_metrics (mch
 MAIN_SPREAD = Spread(statistic="SEM", ddof=1, over="seeds × OOD sets")  # the notebook's pandas sem over all rows
 PER_SET_SPREAD = Spread(statistic="SEM", ddof=1, over="seeds")
 
-ORIGINAL_MODELS: tuple[OriginalModels, ...] = ()
-"""Readers of the original code's trained models for ``--checkpoints``, tried after this suite's run folders: the
-place for an ``OriginalModels`` whose ``load`` calls ``mchad/original_checkpoints.py``'s ``load_original``."""
+LIGHTNING_LAST = "last.ckpt"
+"""The original's ``ModelCheckpoint(save_last=True)`` file: the final epoch's weights, which its table was tested on."""
 
 _images: dict[DatasetConfig, ImageCache] = {}  # the images of the latest dataset, shared by its cells in a process
 
@@ -126,10 +129,28 @@ def cells(config: MainTableConfig) -> list[Cell]:
             partial(train_cell, dataset, method, seed),
             cost=cell_cost(dataset, method, config.train),
         )
-        for dataset in config.datasets
-        for method in config.methods[dataset.name]
-        for seed in config.seeds
+        for dataset, method, seed in cell_parts(config)
     ]
+
+
+def cell_parts(config: MainTableConfig) -> Iterator[tuple[DatasetConfig, MethodConfig, int]]:
+    """(dataset, method, seed) of every cell, in the order of :func:`cells`."""
+    for dataset in config.datasets:
+        for method in config.methods[dataset.name]:
+            for seed in config.seeds:
+                yield dataset, method, seed
+
+
+def dataset_and_method(config: MainTableConfig, wanted: str) -> tuple[DatasetConfig, MethodConfig]:
+    """The dataset and method of the cell with id ``wanted``.
+
+    Raises:
+        KeyError: no cell of ``config`` has that id.
+    """
+    for dataset, method, seed in cell_parts(config):
+        if cell_id(dataset, method, seed) == wanted:
+            return dataset, method
+    raise KeyError(f"no cell {wanted} in this configuration")
 
 
 def data(config: MainTableConfig) -> list[DataNeed]:
@@ -202,6 +223,35 @@ def demo_data(config: MainTableConfig, dataset: DatasetConfig) -> str:
     if any(method.outliers for method in config.methods[dataset.name]):
         pairs.append((f"{config.train.outlier_source} outliers", f"{PAPER_TRAIN.outlier_source} outliers"))
     return stand_in_note(pairs)
+
+
+# --------------------------------------------------------------------------------------------- original files
+def find_original(wanted: str, root: Path) -> Path | None:
+    """The original code's file of cell ``wanted`` under ``root``, in its :func:`original_folder`:
+    :data:`LIGHTNING_LAST`, else the ``*.ckpt`` with the highest numbers in its name (``epoch=NN.ckpt``), else the
+    ``*.pt`` (a pytorch-ood state dict, never our ``model.pt``) with the highest numbers."""
+    folder = original_folder(root, wanted)
+    if (folder / LIGHTNING_LAST).is_file():
+        return folder / LIGHTNING_LAST
+    checkpoints = [path for path in folder.glob("*.ckpt") if path.is_file()]
+    state_dicts = [path for path in folder.glob("*.pt") if path.is_file() and path.name != FINAL_MODEL]
+    return last_numbered(checkpoints) or last_numbered(state_dicts)
+
+
+def load_original_model(path: Path, wanted: str, config: MainTableConfig) -> CenterNet:
+    """Our model of cell ``wanted``'s dataset and method with the weights of the original's file ``path``."""
+    return load_original(path, config.train, *dataset_and_method(config, wanted))
+
+
+ORIGINAL_MODELS: tuple[OriginalModels, ...] = (
+    OriginalModels(
+        f"the original code's files: DIR/{EXPERIMENT}/<cell folder>/last.ckpt (Lightning), else the *.ckpt with the "
+        "highest epoch there, else its *.pt (a pytorch-ood state dict; not model.pt)",
+        find_original,
+        load_original_model,
+    ),
+)
+"""Readers of the original code's trained models for ``--checkpoints``, tried after this suite's run folders."""
 
 
 PAPER = Paper(

@@ -122,8 +122,10 @@ class WideResNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled penultimate features (B, 64k)."""
         out = self.block3(self.block2(self.block1(self.conv1(x))))
-        # Deviation: global average pooling instead of avg_pool2d(8): identical on 32×32 inputs, any size works.
-        return F.relu(self.bn1(out), inplace=True).mean(dim=(2, 3))
+        # avg_pool2d over the whole map: the original's avg_pool2d(8) on 32×32 inputs, summed in its order (a mean
+        # over (2, 3) differs in the last float32 bits), and any input size works.
+        out = F.relu(self.bn1(out), inplace=True)
+        return F.avg_pool2d(out, out.shape[-2:]).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))

@@ -12,14 +12,17 @@
 
 Each cell trains in its own folder (tensorboard events, checkpoints) and resumes from its newest checkpoint; the
 model it trained is left in ``model.pt`` there. In a run with ``--checkpoints DIR`` a cell that trains loads that
-model from DIR instead and is only evaluated (:mod:`common.trained_models`).
+model from DIR instead and is only evaluated (:mod:`common.trained_models`), from a run of this suite or, for the
+image table, from the official code's file in ``DIR/image_table/<cell folder>`` (:func:`find_official`).
 Tables print AUROC and accuracies in percent, ± the standard deviation over seeds of the per-seed class mean.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -30,12 +33,13 @@ import torch
 import folder_locations
 from common.cells import Cell, Experiment, Paper, RunContext, id_part
 from common.datasets import ImageSet, load
+from common.errors import DataError
 from common.loaders import TensorBatchLoader
 from common.preflight import DataNeed, DatasetNeed
 from common.results import ResultRow, Spread, join_notes, stand_in_note, summary_row
 from common.run import seed_everything
 from common.smoke import evaluation_subset
-from common.trained_models import FINAL_MODEL, OriginalModels, load_trained
+from common.trained_models import FINAL_MODEL, OriginalModels, last_numbered, load_trained, original_folder
 from memae import paper
 from memae.config import (
     ConditionalSetting,
@@ -51,6 +55,7 @@ from memae.data import normalisation, one_class_test_set, training_set
 from memae.engine import TRAINING, Evaluation, create_evaluator, fit, load_weights, save_weights
 from memae.few_shot import STRATEGIES
 from memae.models import ARCHITECTURES, Autoencoder, build_model
+from memae.original_checkpoints import load_original
 
 NAME = "memae"
 CITATION = (
@@ -69,9 +74,9 @@ IMAGE_VARIANTS = {"AE": "ae", "MemAE-nonSpar": "memae", "MemAE": "memae"}
 SELF_SELECTION_MODES: dict[str, str | None] = {"known": None, "self_sum": "sum", "self_max": "max"}
 """C-MemAE evaluations: known condition, and self-selection by summed (C-MemAE) or maximal slot similarity."""
 GROUP_VARIANTS = ("cmemae", "cae")  # C-MemAE and the conditional AE, one of each per group
-ORIGINAL_MODELS: tuple[OriginalModels, ...] = ()
-"""Readers of the original code's trained models for ``--checkpoints``, tried after this suite's run folders: the
-place for an ``OriginalModels`` whose ``load`` calls ``memae/original_checkpoints.py``'s ``load_original``."""
+IMAGE_TABLE = "image_table"
+OFFICIAL_FILE = re.compile(r".+_epoch_\d+(_final)?\.pt")
+"""The official ``script_training.py``'s files: ``<setting>_epoch_NNNN.pt`` per epoch, ``..._final.pt`` at the end."""
 
 
 # --------------------------------------------------------------------------------------------- shared
@@ -192,7 +197,7 @@ def _data_note(data: DataConfig) -> str:
 # --------------------------------------------------------------------------------------------- image table
 def image_cell_id(setting: ImageSetting, label: str, c: int, seed: int) -> str:
     """``memae/image_table/<column>/<row>/class-<c>/seed-<seed>``."""
-    return f"{NAME}/image_table/{id_part(setting.data.column)}/{label}/class-{c}/seed-{seed}"
+    return f"{NAME}/{IMAGE_TABLE}/{id_part(setting.data.column)}/{label}/class-{c}/seed-{seed}"
 
 
 def image_memory(setting: ImageSetting, label: str) -> MemoryConfig:
@@ -220,11 +225,31 @@ def image_cells(config: MemAEConfig) -> list[Cell]:
             functools.partial(_image_cell, setting, label, c, seed),
             cost=one_class_cost(setting.data, setting.train, c),
         )
-        for setting in config.image_table
-        for label in IMAGE_VARIANTS
-        for c in setting.data.classes
-        for seed in config.seeds
+        for _, setting, label, c, seed in image_cell_parts(config)
     ]
+
+
+def image_cell_parts(config: MemAEConfig) -> Iterator[tuple[int, ImageSetting, str, int, int]]:
+    """(index of the setting in ``config.image_table``, setting, row, normal class, seed) of every image-table cell,
+    in the order of :func:`image_cells`."""
+    for index, setting in enumerate(config.image_table):
+        for label in IMAGE_VARIANTS:
+            for c in setting.data.classes:
+                for seed in config.seeds:
+                    yield index, setting, label, c, seed
+
+
+def image_cell_setting(config: MemAEConfig, cell_id: str) -> tuple[int, ImageSetting]:
+    """The index in ``config.image_table`` and the setting of image-table cell ``cell_id``, with the memory of its
+    row (:func:`image_memory`: no shrinkage for MemAE-nonSpar).
+
+    Raises:
+        KeyError: no image-table cell of ``config`` has that id.
+    """
+    for index, setting, label, c, seed in image_cell_parts(config):
+        if image_cell_id(setting, label, c, seed) == cell_id:
+            return index, replace(setting, memory=image_memory(setting, label))
+    raise KeyError(f"no image-table cell {cell_id} in this configuration")
 
 
 def image_table(config: MemAEConfig, results: Mapping[str, Mapping[str, Any]]) -> list[ResultRow]:
@@ -448,12 +473,53 @@ def _conditional_rows(
     return rows
 
 
+# --------------------------------------------------------------------------------------------- original files
+def find_official(cell_id: str, root: Path) -> Path | None:
+    """The official code's file of image-table cell ``cell_id`` under ``root``: in its :func:`original_folder`, the
+    :data:`OFFICIAL_FILE` of the highest epoch (``..._final.pt`` on a tie). None for the conditional cells: the
+    official code trains no C-MemAE and none of their flat networks."""
+    if not cell_id.startswith(f"{NAME}/{IMAGE_TABLE}/"):
+        return None
+    folder = original_folder(root, cell_id)
+    return last_numbered(path for path in folder.glob("*.pt") if OFFICIAL_FILE.fullmatch(path.name))
+
+
+def load_official(path: Path, cell_id: str, config: MemAEConfig) -> Autoencoder:
+    """Our autoencoder of image-table cell ``cell_id``'s setting with the weights of the official file ``path``.
+
+    Raises:
+        DataError: the file holds a MemAE and the cell's memory does not address by the dot product, as the
+            official code's does (the loaded weights would give other numbers than the official model's).
+    """
+    index, setting = image_cell_setting(config, cell_id)
+    model = load_original(path, setting)
+    similarity = setting.memory.similarity
+    if model.bottleneck is not None and similarity != "dot":
+        raise DataError(
+            path,
+            f"the official MemAE addresses its memory by the dot product, cell {cell_id} by {similarity}: to "
+            f"evaluate it as the official code does, add --set image_table.{index}.memory.similarity=dot",
+        )
+    return model
+
+
+ORIGINAL_MODELS: tuple[OriginalModels, ...] = (
+    OriginalModels(
+        f"the official code's state dicts (image table only, dot-product memory): DIR/{IMAGE_TABLE}/<cell "
+        "folder>/<setting>_epoch_<NNNN>[_final].pt of the highest epoch there",
+        find_official,
+        load_official,
+    ),
+)
+"""Readers of the official code's trained models for ``--checkpoints``, tried after this suite's run folders."""
+
+
 PAPER = Paper(
     NAME,
     CITATION,
     experiments=(
         Experiment(
-            "image_table",
+            IMAGE_TABLE,
             "MemAE image table: AE / MemAE-nonSpar / MemAE, one-class AUROC (MNIST, CIFAR-10; demo: digits)",
             configure,
             image_cells,

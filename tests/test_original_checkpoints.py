@@ -11,11 +11,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import sys
-import types
-import typing
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,10 +26,11 @@ from invglow.original_checkpoints import load_original as load_invglow
 from mchad.config import CONFIGS as MCHAD_CONFIGS
 from mchad.original_checkpoints import load_original as load_mchad
 from memae.config import CONFIGS as MEMAE_CONFIGS
-from memae.models import ARCHITECTURES
 from memae.original_checkpoints import load_original as load_memae
 from tests.helpers import write_original_invglow as original
-from tests.helpers.write_original_invglow import original_classes, random_tensors, shared_zeros
+from tests.helpers.write_original_invglow import random_tensors, save_original, shared_zeros
+from tests.helpers.write_original_mchad import batch_norm, lightning_checkpoint, pytorch_ood_wrn
+from tests.helpers.write_original_memae import official_layers, official_state_dict
 
 SMALL = InvGlowConfig(
     glow=GlowConfig(channels=3, image_size=8, steps=2, hidden=8),
@@ -51,12 +47,6 @@ class _Hostile:
 
     def __reduce__(self) -> tuple:
         return (os.system, (f"touch {self.marker}",))
-
-
-def _save(obj: object, path: Path, legacy: bool = False) -> Path:
-    with original_classes():
-        torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
-    return path
 
 
 def _assert_one_line_error(raised: pytest.ExceptionInfo, path: Path, *parts: str) -> None:
@@ -102,7 +92,7 @@ def _prior_reference(actnorm: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor,
 def test_invglow_glow_weights_map_exactly_onto_ours(tmp_path: Path) -> None:
     written = original.original_glow(3, 8, 2, 8, random_tensors())
     _steps(written, 1)[1].sequential[2].coef_extractor.module[4].logscale_factor = 2.0  # ours is 3: folded
-    model = load_invglow(_save(written, tmp_path / "tiny_model.th"), SMALL)
+    model = load_invglow(save_original(written, tmp_path / "tiny_model.th"), SMALL)
     assert type(model) is Glow
     step, ours = _steps(written, 1)[1].sequential, model.scales[1][1].layers
     x = torch.randn(4, 24, 2, 2)
@@ -126,7 +116,7 @@ def test_invglow_glow_weights_map_exactly_onto_ours(tmp_path: Path) -> None:
 def test_invglow_legacy_format_additive_and_plain_permutation_load(tmp_path: Path) -> None:
     written = original.original_glow(3, 8, 2, 8, random_tensors(), coupling="additive", lu=False)
     config = replace(SMALL, glow=replace(SMALL.glow, coupling="additive", lu=False))
-    model = load_invglow(_save(written, tmp_path / "old.th", legacy=True), config)
+    model = load_invglow(save_original(written, tmp_path / "old.th", legacy=True), config)
     assert torch.equal(model.scales[0][0].layers[1].weight, _steps(written, 0)[0].sequential[1].weight)
     net = _steps(written, 2)[1].sequential[2].coef_extractor.module
     x = torch.randn(2, 24, 1, 1)
@@ -134,10 +124,12 @@ def test_invglow_legacy_format_additive_and_plain_permutation_load(tmp_path: Pat
 
 
 def test_invglow_local_and_dense_models_load_into_ours(tmp_path: Path) -> None:
-    local = load_invglow(_save(original.original_patch_glow(3, 2, 8, random_tensors()), tmp_path / "l.th"), SMALL)
+    local = load_invglow(
+        save_original(original.original_patch_glow(3, 2, 8, random_tensors()), tmp_path / "l.th"), SMALL
+    )
     assert type(local) is PatchGlow and torch.isfinite(local(torch.rand(2, 3, 8, 8) - 0.5)[1]).all()
     written = original.original_glow(3, 8, 2, 8, random_tensors(), dense=True)
-    dense = load_invglow(_save(written, tmp_path / "d.th"), SMALL)
+    dense = load_invglow(save_original(written, tmp_path / "d.th"), SMALL)
     step, ours = _steps(written, 0)[1].sequential, dense.scales[0][1].layers
     assert torch.equal(ours[0].bias, step[0].loc.flatten(1)) and torch.equal(ours[1].weight, step[1].weight)
     assert torch.equal(ours[2].net.net[4].weight, step[2].coef_extractor.module[4].weight)
@@ -147,7 +139,7 @@ def test_invglow_supervised_model_maps_its_class_heads(tmp_path: Path) -> None:
     glow = original.original_glow(3, 8, 2, 8, random_tensors())
     sizes = [6 * 4 * 4, 12 * 2 * 2, 48]
     written = original.original_supervised(glow, sizes, 3, random_tensors(1))
-    model = load_invglow(_save(written, tmp_path / "supervised.th"), SMALL)
+    model = load_invglow(save_original(written, tmp_path / "supervised.th"), SMALL)
     assert type(model) is ClassConditionalGlow and model.n_classes == 3
     for c, class_node in enumerate(written.sequential[1].module.module_list):
         for k, dist_node in enumerate(class_node.prev[0].prev):
@@ -163,7 +155,7 @@ def test_invglow_supervised_model_maps_its_class_heads(tmp_path: Path) -> None:
 def test_invglow_paper_configuration_maps_44155008_parameters(tmp_path: Path) -> None:
     written = original.original_glow(3, 32, 32, 512, shared_zeros(512 * 512))
     assert sum(parameter.numel() for parameter in written.parameters()) == 44_155_008  # the original's count
-    path = _save(written, tmp_path / "paper.th")
+    path = save_original(written, tmp_path / "paper.th")
     del written
     model = load_invglow(path, InvGlowConfig())  # every parameter of ours mapped, none of the file's left over
     assert sum(parameter.numel() for parameter in model.parameters()) == 44_155_008
@@ -176,7 +168,7 @@ def test_invglow_pickle_calling_os_system_is_refused_unexecuted(tmp_path: Path) 
     written = original.original_glow(3, 8, 1, 4, random_tensors())
     marker = tmp_path / "pwned"
     written.tags["payload"] = _Hostile(marker)
-    path = _save(written, tmp_path / "hostile.th")
+    path = save_original(written, tmp_path / "hostile.th")
     with pytest.raises(DataError, match=r"refusing to load (posix|os)\.system") as raised:
         load_invglow(path, SMALL)
     _assert_one_line_error(raised, path)
@@ -187,13 +179,13 @@ def test_invglow_missing_extra_and_mis_shaped_tensors_are_named_in_one_line(tmp_
     written = original.original_glow(3, 8, 2, 8, random_tensors())
     del _steps(written, 0)[1].sequential[1]._parameters["w_s"]
     _steps(written, 2)[0].sequential[0].register_buffer("stray", torch.zeros(3))
-    path = _save(written, tmp_path / "broken.th")
+    path = save_original(written, tmp_path / "broken.th")
     with pytest.raises(DataError) as raised:
         load_invglow(path, SMALL)
     _assert_one_line_error(raised, path, "missing tensor ", ".sequential.2.sequential.1.w_s", "extra tensor ", ".stray")
     wider = replace(SMALL, glow=replace(SMALL.glow, hidden=16))
     with pytest.raises(DataError) as raised:
-        load_invglow(_save(original.original_glow(3, 8, 2, 8, random_tensors()), path), wider)
+        load_invglow(save_original(original.original_glow(3, 8, 2, 8, random_tensors()), path), wider)
     _assert_one_line_error(
         raised, path, "has shape (8, 6, 3, 3), our scales.0.0.layers.2.net.conv1.weight needs (16, 6, 3, 3)", "more"
     )
@@ -202,7 +194,7 @@ def test_invglow_missing_extra_and_mis_shaped_tensors_are_named_in_one_line(tmp_
 def test_invglow_constructs_ours_cannot_hold_are_refused_by_name(tmp_path: Path) -> None:
     written = original.original_glow(3, 8, 1, 4, random_tensors())
     _steps(written, 1)[0].sequential[2].modifier.sigmoid_or_exp_scale = "exp"
-    path = _save(written, tmp_path / "exp.th")
+    path = save_original(written, tmp_path / "exp.th")
     with pytest.raises(DataError) as raised:
         load_invglow(path, SMALL)
     _assert_one_line_error(raised, path, "scale 1, flow step 0", "sigmoid_or_exp_scale='exp'")
@@ -215,85 +207,16 @@ DIGITS = MCHAD_DEMO.datasets[0]
 MCHAD_METHODS = {method.name: method for method in MCHAD_DEMO.methods[DIGITS.name]}
 
 
-def _batch_norm(name: str, channels: int, tensor: Callable) -> dict[str, torch.Tensor]:
-    return {
-        f"{name}.weight": tensor((channels,)),
-        f"{name}.bias": tensor((channels,)),
-        f"{name}.running_mean": tensor((channels,)),
-        f"{name}.running_var": 1 + tensor((channels,)).abs(),
-        f"{name}.num_batches_tracked": torch.tensor(392),
-    }
-
-
-def _wrn_block(prefix: str, c_in: int, c_out: int, tensor: Callable) -> dict[str, torch.Tensor]:
-    """pytorch-ood's ``BasicBlock``: bn1, conv1, bn2, conv2 and, when the width changes, convShortcut."""
-    block = _batch_norm(f"{prefix}.bn1", c_in, tensor) | _batch_norm(f"{prefix}.bn2", c_out, tensor)
-    block |= {
-        f"{prefix}.conv1.weight": tensor((c_out, c_in, 3, 3)),
-        f"{prefix}.conv2.weight": tensor((c_out, c_out, 3, 3)),
-    }
-    if c_in != c_out:
-        block[f"{prefix}.convShortcut.weight"] = tensor((c_out, c_in, 1, 1))
-    return block
-
-
-def pytorch_ood_wrn(n_outputs: int, depth: int = 10, widen: int = 1, in_channels: int = 1) -> dict[str, torch.Tensor]:
-    """The state dict of pytorch-ood's ``WideResNet(num_classes=n_outputs, depth, widen_factor, in_channels)``."""
-    tensor = random_tensors(2)
-    widths = [16, 16 * widen, 32 * widen, 64 * widen]
-    state = {"conv1.weight": tensor((16, in_channels, 3, 3))}
-    for group in (1, 2, 3):
-        for i in range((depth - 4) // 6):
-            c_in = widths[group - 1] if i == 0 else widths[group]
-            state |= _wrn_block(f"block{group}.layer.{i}", c_in, widths[group], tensor)
-    state |= _batch_norm("bn1", widths[3], tensor)
-    return state | {"fc.weight": tensor((n_outputs, widths[3])), "fc.bias": tensor((n_outputs,))}
-
-
-class DictConfig:
-    """Stands for omegaconf's DictConfig, which the Lightning checkpoints' hyper-parameters hold."""
-
-    def __init__(self, content: dict) -> None:
-        self._content = content
-        self._metadata = {"ref_type": typing.Any, "object_type": dict}
-
-
-@pytest.fixture()
-def omegaconf_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """:class:`DictConfig` importable as ``omegaconf.dictconfig.DictConfig``, so that saved checkpoints name it."""
-    module = types.ModuleType("omegaconf.dictconfig")
-    module.DictConfig = DictConfig
-    monkeypatch.setitem(sys.modules, "omegaconf.dictconfig", module)
-    monkeypatch.setattr(DictConfig, "__module__", "omegaconf.dictconfig")
-
-
-def _lightning_checkpoint(state: dict[str, torch.Tensor], path: Path, **extra: object) -> Path:
-    """A checkpoint as pytorch-lightning 1.6 writes it, the backbone config an omegaconf object."""
-    checkpoint = {
-        "epoch": 9,
-        "global_step": 3920,
-        "pytorch-lightning_version": "1.6.0",
-        "state_dict": OrderedDict(state),
-        "hyper_parameters": {"n_classes": 6, "backbone": DictConfig({"_target_": "pytorch_ood.model.WideResNet"})},
-        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}]}],
-        "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_score": torch.tensor(0.5)}},
-        **extra,
-    }
-    torch.save(checkpoint, path)
-    return path
-
-
 def _load_mchad(path: Path, method: str) -> nn.Module:
     return load_mchad(path, MCHAD_DEMO.train, DIGITS, MCHAD_METHODS[method])
 
 
-@pytest.mark.usefixtures("omegaconf_stand_in")
 def test_mchad_lightning_checkpoint_maps_backbone_and_centers(tmp_path: Path) -> None:
     backbone = pytorch_ood_wrn(16)
     centers = torch.randn(6, 16)
     state = {f"model.{k}": v for k, v in backbone.items()}
     state |= {"soft_margin_loss._centers._params": centers, "regu_loss.margin": torch.tensor([4.0])}
-    model = _load_mchad(_lightning_checkpoint(state, tmp_path / "last.ckpt"), "G-MCHAD").eval()
+    model = _load_mchad(lightning_checkpoint(state, tmp_path / "last.ckpt"), "G-MCHAD").eval()
     ours = model.state_dict()
     assert all(torch.equal(ours[f"backbone.{key}"], value) for key, value in backbone.items())
     assert torch.equal(model.centers.centers, centers)
@@ -301,21 +224,20 @@ def test_mchad_lightning_checkpoint_maps_backbone_and_centers(tmp_path: Path) ->
     assert torch.allclose(output.distances, torch.cdist(output.embedding, centers).pow(2), atol=1e-4)
 
 
-@pytest.mark.usefixtures("omegaconf_stand_in")
 def test_mchad_other_methods_and_pytorch_ood_state_dicts_load(tmp_path: Path) -> None:
     anchors = 2 * torch.eye(6)
     cac = {f"model.{k}": v for k, v in pytorch_ood_wrn(6).items()} | {"cac_loss.centers._params": anchors}
-    assert torch.equal(_load_mchad(_lightning_checkpoint(cac, tmp_path / "cac.ckpt"), "CAC").centers.centers, anchors)
-    ii = {f"model.{k}": v for k, v in pytorch_ood_wrn(16).items()} | _batch_norm("bn", 16, random_tensors(3))
+    assert torch.equal(_load_mchad(lightning_checkpoint(cac, tmp_path / "cac.ckpt"), "CAC").centers.centers, anchors)
+    ii = {f"model.{k}": v for k, v in pytorch_ood_wrn(16).items()} | batch_norm("bn", 16, random_tensors(3))
     ii |= {"ii_loss.running_centers.running_centers": torch.randn(6, 16)}
     ii |= {"ii_loss.running_centers.num_batches_tracked": torch.tensor([26.0])}
-    model = _load_mchad(_lightning_checkpoint(ii, tmp_path / "ii.ckpt"), "II")
+    model = _load_mchad(lightning_checkpoint(ii, tmp_path / "ii.ckpt"), "II")
     assert model.centers.batches_seen.item() == 26 and torch.equal(model.embedding_norm.bias, ii["bn.bias"])
     center = {f"model.{k}": v for k, v in pytorch_ood_wrn(16).items()} | {
         "center_loss._centers._params": torch.zeros(6, 16)
     }
     center |= {"classifier.weight": torch.randn(6, 16), "classifier.bias": torch.randn(6)}
-    model = _load_mchad(_lightning_checkpoint(center, tmp_path / "center.ckpt"), "Center")
+    model = _load_mchad(lightning_checkpoint(center, tmp_path / "center.ckpt"), "Center")
     assert torch.equal(model.classifier.weight, center["classifier.weight"])
     wrn = pytorch_ood_wrn(6)  # a pytorch-ood WideResNet saved as a plain state dict (from DataParallel)
     torch.save({f"module.{k}": v for k, v in wrn.items()}, tmp_path / "wrn.pt")
@@ -327,20 +249,18 @@ def test_mchad_other_methods_and_pytorch_ood_state_dicts_load(tmp_path: Path) ->
     )
 
 
-@pytest.mark.usefixtures("omegaconf_stand_in")
 def test_mchad_checkpoint_calling_os_system_is_refused_unexecuted(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    path = _lightning_checkpoint({}, tmp_path / "hostile.ckpt", loops=_Hostile(marker))
+    path = lightning_checkpoint({}, tmp_path / "hostile.ckpt", loops=_Hostile(marker))
     with pytest.raises(DataError, match=r"refusing to load (posix|os)\.system") as raised:
         _load_mchad(path, "MCHAD")
     _assert_one_line_error(raised, path)
     assert not marker.exists()
 
 
-@pytest.mark.usefixtures("omegaconf_stand_in")
 def test_mchad_missing_extra_and_mis_shaped_tensors_are_named_in_one_line(tmp_path: Path) -> None:
     state = {f"model.{k}": v for k, v in pytorch_ood_wrn(8).items()} | {"model.stray.weight": torch.zeros(1)}
-    path = _lightning_checkpoint(state, tmp_path / "broken.ckpt")
+    path = lightning_checkpoint(state, tmp_path / "broken.ckpt")
     with pytest.raises(DataError) as raised:
         _load_mchad(path, "MCHAD")
     _assert_one_line_error(
@@ -357,24 +277,6 @@ def test_mchad_missing_extra_and_mis_shaped_tensors_are_named_in_one_line(tmp_pa
 MEMAE_DIGITS = MEMAE_CONFIGS["demo"].image_table[0]  # "digits" networks, N = 100, λ = 0.01
 
 
-def _official_layers(architecture: str) -> tuple[nn.Sequential, nn.Sequential]:
-    """Encoder and decoder laid out as the official ``AutoEncoderCov3DMem``, in 2-D: conv, BN, LeakyReLU per layer,
-    the decoder's last a lone transposed conv; random weights and BatchNorm statistics."""
-    spec = ARCHITECTURES[architecture]
-    encoder, decoder = [], []
-    for c_in, c_out, kernel, stride, padding in spec.encoder:
-        encoder += [nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True)]
-    for c_in, c_out, kernel, stride, padding, output_padding in spec.decoder:
-        decoder += [nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, output_padding)]
-        decoder += [nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True)]
-    layers = nn.Sequential(*encoder), nn.Sequential(*decoder[:-2])
-    for module in [*layers[0], *layers[1]]:
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2.0)
-    return layers
-
-
 def _official_forward(
     encoder: nn.Module, memory: torch.Tensor, decoder: nn.Module, x: torch.Tensor, shrink: float
 ) -> torch.Tensor:
@@ -389,18 +291,16 @@ def _official_forward(
 
 
 def test_memae_official_state_dict_gives_the_official_reconstruction(tmp_path: Path) -> None:
-    encoder, decoder = _official_layers("digits")
+    encoder, decoder = official_layers("digits")
     memory = torch.randn(100, 64)
-    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()} | {"mem_rep.memory.weight": memory}
-    state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+    state = official_state_dict(encoder, decoder, memory)
     torch.save(state, tmp_path / "MemAE_epoch_0020_final.pt")
     model = load_memae(tmp_path / "MemAE_epoch_0020_final.pt", MEMAE_DIGITS).eval()
     x = torch.rand(4, 1, 16, 16)
     with torch.no_grad():
         expected = _official_forward(encoder.eval(), memory, decoder.eval(), x, MEMAE_DIGITS.memory.shrink_threshold)
         assert torch.allclose(model(x)[0], expected, atol=1e-5)
-    ae_state = {k: v for k, v in state.items() if not k.startswith("mem_rep.")}
-    torch.save(ae_state, tmp_path / "AE.pt")
+    torch.save(official_state_dict(encoder, decoder), tmp_path / "AE.pt")
     assert load_memae(tmp_path / "AE.pt", MEMAE_DIGITS).bottleneck is None
 
 
@@ -414,11 +314,9 @@ def test_memae_state_dict_calling_os_system_is_refused_unexecuted(tmp_path: Path
 
 
 def test_memae_missing_extra_and_video_shaped_tensors_are_named_in_one_line(tmp_path: Path) -> None:
-    encoder, decoder = _official_layers("digits")
-    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()} | {
-        "mem_rep.memory.weight": torch.zeros(100, 64)
-    }
-    state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items() if k != "6.bias"} | {"stray": torch.zeros(1)}
+    encoder, decoder = official_layers("digits")
+    state = official_state_dict(encoder, decoder, torch.zeros(100, 64)) | {"stray": torch.zeros(1)}
+    del state["decoder.6.bias"]
     state["encoder.0.weight"] = torch.zeros(16, 1, 3, 3, 3)  # the released video models are 3-D
     torch.save(state, tmp_path / "video.pt")
     with pytest.raises(DataError) as raised:

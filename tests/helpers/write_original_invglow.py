@@ -15,6 +15,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -280,6 +281,14 @@ def original_classes() -> Iterator[None]:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+
+
+def save_original(model: nn.Module, path: Path, legacy: bool = False) -> Path:
+    """``th.save(model, path)`` as the original does, naming the original's classes (``legacy``: the pre-1.6
+    format)."""
+    with original_classes():
+        torch.save(model, path, _use_new_zipfile_serialization=not legacy)
+    return path
 
 
 def _conv_block(c_in: int, c_out: int, hidden: int, tensor: TensorFactory) -> nn.Sequential:
