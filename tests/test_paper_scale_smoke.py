@@ -12,6 +12,8 @@ import pytest
 
 import main
 from common.fixtures.build import write_fixtures
+from common.results import RESULTS_FILE
+from common.run import CONFIG_FILE
 from common.smoke import TABLE_MARK
 
 PAPERS = ("memae", "mchad", "gaussian_ad", "invglow")
@@ -34,9 +36,9 @@ def test_every_experiment_of_the_paper_scale_runs_to_its_table(paper, fixtures, 
     experiments = main.experiment_names(main.get_paper(paper), "paper")
     for experiment in experiments:
         (run,) = (tmp_path / paper / experiment).iterdir()
-        record = json.loads((run / "results.json").read_text())
-        assert record["settings"]["smoke"] is True and record["settings"]["scale"] == "paper"
-        rows = record["rows"]
+        settings = json.loads((run / CONFIG_FILE).read_text())["settings"]
+        assert settings["smoke"] is True and settings["scale"] == "paper"
+        rows = json.loads((run / RESULTS_FILE).read_text())["rows"]
         assert rows, f"{paper}/{experiment}: an empty table"
         for row in rows:
             assert row["table"].endswith(TABLE_MARK)

@@ -94,14 +94,15 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self._answer(206, {"Content-Range": content_range}, data[start : end + 1], requested_range)
 
         def _answer(self, status: int, headers: dict[str, str], body: bytes, requested_range: str | None) -> None:
+            sent = body if server.drop_after is None else body[: server.drop_after]
+            # Recorded before anything goes out (the headers are written unbuffered, and a client given an empty
+            # body is done once it has them), so a client that has its answer always finds the record.
+            server.requests.append(ServedRequest(self.path, requested_range, status, len(sent)))
             self.send_response(status)
             length = {} if server.omit_length else {"Content-Length": str(len(body))}
             for name, value in {**headers, **length}.items():
                 self.send_header(name, value)
             self.end_headers()
-            sent = body if server.drop_after is None else body[: server.drop_after]
-            # Recorded before the body goes out, so a client that has read it always finds the record.
-            server.requests.append(ServedRequest(self.path, requested_range, status, len(sent)))
             self.wfile.write(sent)
             self.wfile.flush()
             self.close_connection = True
