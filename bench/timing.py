@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +58,42 @@ def best_times_interleaved(functions: Sequence[Callable[[], object]], repeat: in
             function()
             function_times.append(time.perf_counter() - start)
     return [min(function_times) for function_times in times]
+
+
+@dataclass(frozen=True)
+class SteadyTime:
+    """A function's time per call and its minor page faults per call: memory the allocator got fresh from the
+    kernel and the call touched first (one fault per 4 KiB page, or per 2 MiB where transparent huge pages apply)."""
+
+    seconds: float
+    page_faults: int
+
+
+def steady_times_interleaved(
+    functions: Sequence[Callable[[], object]], calls: int = 3, rounds: int = 3
+) -> list[SteadyTime]:
+    """Each function's time per call in its own steady state, the functions taking turns in each round.
+
+    A turn is one untimed call, which lets the memory allocator settle after the previous function, then ``calls``
+    consecutive timed calls: what a loop over batches sees. The turn's median call is kept, with its page faults;
+    the round whose median is the smallest is returned. The allocator's state still carries over from turn to turn
+    (glibc raises its thresholds after large frees), so functions whose page faults matter are best timed one per
+    process (``bench.bench_gaussian_ad.bench_extraction``).
+    """
+    turns: list[list[SteadyTime]] = [[] for _ in functions]
+    for _ in range(rounds):
+        for function, function_turns in zip(functions, turns, strict=True):
+            function()
+            samples = []
+            for _ in range(calls):
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                start = time.perf_counter()
+                function()
+                seconds = time.perf_counter() - start
+                samples.append(SteadyTime(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+            median = statistics.median_low(sample.seconds for sample in samples)
+            function_turns.append(next(sample for sample in samples if sample.seconds == median))
+    return [min(function_turns, key=lambda sample: sample.seconds) for function_turns in turns]
 
 
 def markdown_table(rows: list[BenchRow]) -> str:

@@ -36,7 +36,8 @@ class GaussianADConfig:
         working_point_threshold: PCA / NPCA threshold of Table IV (table4.py: 0.99).
         sigmas: the n of the n-σ working points t_n of Table IV.
         augment_passes: augmented passes over the training images (note §1.10: 100).
-        batch_size: feature-extraction batch size (the original scripts use 16).
+        batch_size: feature-extraction batch size (the original scripts use 16); on the CPU a batch runs as forwards
+            of at most 4 images (``engine.pooled_levels``).
         dtype: float64 (default, exact) or float32 (the original's scikit-learn call on float32 features).
         n_train, n_test_good, n_test_defect, image_size: sizes of the synthetic dataset.
     """

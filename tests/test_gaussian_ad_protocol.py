@@ -19,7 +19,7 @@ from common.errors import MissingDataError, UsageError
 from gaussian_ad import data, experiments
 from gaussian_ad.backbones import IMAGENET_MEAN, IMAGENET_STD
 from gaussian_ad.config import CONFIGS
-from gaussian_ad.engine import extract_features
+from gaussian_ad.engine import cpu_forward_size, extract_features, pooled_levels
 from gaussian_ad.protocol import (
     CategoryFeatures,
     Variant,
@@ -110,6 +110,39 @@ def test_extraction_collects_every_level_in_image_order() -> None:
     assert [level.shape for level in levels] == [(7, 3), (7, 2)]
     for got, want in zip(levels, expected, strict=True):
         torch.testing.assert_close(got, want)
+
+
+class _RecordedBatches(_TwoLevels):
+    """:class:`_TwoLevels` that records the batch size of every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.sizes.append(len(x))
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(("size", "images"), [(32, 4), (224, 4), (380, 4), (456, 2), (528, 2), (600, 1), (2000, 1)])
+def test_cpu_forwards_hold_at_most_four_images_of_380_px(size: int, images: int) -> None:
+    assert cpu_forward_size(size, size) == images  # 4 · 380² pixels, 1 to 4 images: 4·380²/456² = 2.8 → 2
+
+
+def test_extraction_on_the_cpu_runs_forwards_of_a_few_images_and_joins_them_in_order() -> None:
+    images = torch.randint(0, 256, (11, 3, 8, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    backbone = _RecordedBatches()
+    levels = extract_features(backbone, images, torch.device("cpu"), batch_size=10, progress=False)
+    assert backbone.sizes == [4, 4, 2, 1]  # batches of 10 and 1, each in forwards of at most 4
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    for got, want in zip(levels, _TwoLevels()((images.float() / 255 - mean) / std), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_off_the_cpu_a_batch_is_one_forward() -> None:
+    backbone = _RecordedBatches()
+    levels = pooled_levels(backbone, torch.zeros(10, 3, 8, 8, device="meta"))
+    assert backbone.sizes == [10] and [level.shape for level in levels] == [(10, 3), (10, 2)]
 
 
 TINY = {"categories": ("carpet", "bottle"), "n_train": 5, "n_test_good": 2, "n_test_defect": 1, "image_size": 64}
