@@ -30,8 +30,8 @@ CPU_FORWARD_PIXELS = 4 * 380 * 380
 """On the CPU a backbone sees at most CPU_FORWARD_IMAGES images and CPU_FORWARD_PIXELS pixels per forward (at least
 one image). Measured on 2 cores (``python -m bench gaussian_ad``, README): EfficientNet-B4 at 380 px ran 1.1–1.3×
 faster in forwards of 4 images than in one of 16, Lite0 at 224 px 1.5–1.9× faster than in one of 32, B7 at 600 px
-faster in forwards of 1 than of 4. A big batch's maps are mapped fresh from the kernel and page-faulted at every forward
-(glibc keeps freed blocks of at most 32 MB for reuse)."""
+1.3× faster in forwards of 1 than in one of 4. A big batch's maps are mapped fresh from the kernel and page-faulted
+at every forward (glibc keeps freed blocks of at most 32 MB for reuse)."""
 
 
 def imagenet_pipeline() -> BatchPipeline:
